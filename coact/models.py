@@ -116,6 +116,17 @@ def _describe(model: Any, tokenizer: Any, model_id: str, source: str) -> ModelHa
     return handle
 
 
+def cache_dir() -> Path:
+    """Where coact keeps derived artefacts between runs (`COACT_CACHE`, default ~/.cache/coact)."""
+    return Path(os.environ.get("COACT_CACHE", Path.home() / ".cache" / "coact"))
+
+
+def _smollm2_cached(path: Path) -> Path:
+    """A float32 safetensors copy of the de-quantised GGUF: de-quantising takes ~30 s, loading the copy ~2 s."""
+    st = path.stat()
+    return cache_dir() / "models" / f"smollm2-{st.st_size}-{int(st.st_mtime)}"
+
+
 def load_model(spec: str = "smollm2") -> ModelHandle:
     """Load `smollm2` (bundled GGUF), a local transformers directory, or a local .gguf file, on the CPU in fp32."""
     import torch
@@ -125,9 +136,13 @@ def load_model(spec: str = "smollm2") -> ModelHandle:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs: dict[str, Any] = {}
+    cached: Path | None = None
     if spec == "smollm2":
         path = smollm2_gguf_path()
         folder, kwargs, model_id = path.parent, {"gguf_file": path.name}, SMOLLM2_ID
+        cached = _smollm2_cached(path)
+        if (cached / "config.json").is_file():
+            folder, kwargs, cached = cached, {}, None
     else:
         p = Path(spec).expanduser()
         if p.is_file() and p.suffix == ".gguf":
@@ -142,4 +157,33 @@ def load_model(spec: str = "smollm2") -> ModelHandle:
     except (OSError, ValueError, KeyError) as exc:
         raise ModelError(f"cannot load model {spec!r}: {str(exc).splitlines()[0]}") from exc
     model.eval()
+    if cached is not None:
+        _save_copy(model, tok, cached)
     return _describe(model, tok, model_id, str(folder))
+
+
+def _save_copy(model: Any, tok: Any, target: Path) -> None:
+    """Write the loaded model as a transformers folder, atomically; a failure only costs speed next time."""
+    import shutil
+    import tempfile
+
+    tmp = target.parent / ".tmp-unused"
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+        # The GGUF weights are already de-quantised to float32; only the marker says "gguf", and it blocks saving.
+        quantizer = getattr(model, "hf_quantizer", None)
+        qcfg = getattr(model.config, "quantization_config", None)
+        model.hf_quantizer = None
+        if qcfg is not None:
+            del model.config.quantization_config
+        try:
+            model.save_pretrained(str(tmp))
+        finally:
+            model.hf_quantizer = quantizer
+            if qcfg is not None:
+                model.config.quantization_config = qcfg
+        tok.save_pretrained(str(tmp))
+        os.replace(tmp, target)
+    except (OSError, ValueError, AttributeError):
+        shutil.rmtree(tmp, ignore_errors=True)
