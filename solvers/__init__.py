@@ -1,0 +1,3 @@
+"""Placement solvers. Importing this package registers every built-in solver (see solvers.base)."""
+from solvers import simple  # noqa: F401
+from solvers import ripple  # noqa: F401
