@@ -1,0 +1,416 @@
+"""Pack files: the FFN bundles of every layer, in placement order, as the runtime reads them from flash.
+
+Why a file of its own: a placement only pays off if the bundles that are co-activated sit next to each other on
+disk. The pack file stores, per layer, the bundle of the neuron at position p at byte
+``layer_offset(l) + p * bundle_bytes``, so a run of positions is one contiguous read.
+
+Layout of the file (all regions 4 KiB aligned, so O_DIRECT can read any aligned span of them)::
+
+    [0, header_bytes)        b"COACTPK1" | uint64 LE JSON length | JSON header | zero padding
+    [perm_offset, ...)       int32 LE perms of all layers (so the file alone maps neuron ids to positions)
+    [layer_offsets[l], ...)  N_l bundles of layer l, zero padded to a multiple of 4 KiB
+
+The JSON header holds the version, dtype, bundle schema and parts, bundle_bytes, d_model, layer count, per-layer N,
+offsets and sizes, the layout digest and model id, and a sha256 of every layer's bundle bytes. A bundle is the
+concatenation of its parts, each `d_model` values: ``up[i, :], down[:, i]`` (``up-down``, the default: the gate stays
+in DRAM to predict the active set, as in CATS) or ``gate[i, :], up[i, :], down[:, i]`` (``gate-up-down``).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from coact.progress import track
+from runtime._atomic import atomic_path
+from runtime.layout import Layout, perms_digest
+from runtime.planner import runs
+
+MAGIC = b"COACTPK1"
+FORMAT_NAME = "coact-pack"
+VERSION = 1
+ALIGN = 4096
+_PREFIX = struct.Struct("<8sQ")  # magic, JSON length
+_MAX_HEADER = 64 << 20
+BUNDLES: dict[str, tuple[str, ...]] = {"up-down": ("up", "down"), "gate-up-down": ("gate", "up", "down")}
+DTYPES: dict[str, np.dtype] = {"fp16": np.dtype("<f2"), "fp32": np.dtype("<f4")}
+_WRITE_CHUNK = 8 << 20  # bytes of bundles assembled in memory at a time
+
+
+class PackError(ValueError):
+    """A pack file that is foreign, truncated, inconsistent or does not match the layout (one-line message)."""
+
+
+def _align(n: int, a: int = ALIGN) -> int:
+    return -(-int(n) // a) * a
+
+
+WeightsFn = Callable[[int], Mapping[str, np.ndarray]]
+
+
+# ---------------------------------------------------------------------------------------------------------- write
+
+
+def _header_dict(
+    layout: Layout, bundle: str, dtype: str, d_model: int, header_bytes: int, checksums: list[str]
+) -> dict[str, Any]:
+    parts = BUNDLES[bundle]
+    bb = len(parts) * d_model * DTYPES[dtype].itemsize
+    sizes = layout.n_neurons
+    perm_offset = header_bytes
+    perm_nbytes = 4 * sum(sizes)
+    off = _align(perm_offset + perm_nbytes)
+    offsets, nbytes = [], []
+    for n in sizes:
+        offsets.append(off)
+        nbytes.append(n * bb)
+        off += _align(n * bb)
+    return {
+        "format": FORMAT_NAME,
+        "version": VERSION,
+        "dtype": dtype,
+        "bundle": bundle,
+        "schema": list(parts),
+        "parts": len(parts),
+        "bundle_bytes": bb,
+        "d_model": int(d_model),
+        "n_layers": layout.n_layers,
+        "n_neurons": sizes,
+        "alignment": ALIGN,
+        "header_bytes": header_bytes,
+        "perm_offset": perm_offset,
+        "perm_nbytes": perm_nbytes,
+        "layer_offsets": offsets,
+        "layer_nbytes": nbytes,
+        "file_bytes": off,
+        "layout_digest": layout.digest,
+        "model_id": layout.model_id,
+        "solver": layout.solver,
+        "checksum": "sha256",
+        "checksums": checksums,
+    }
+
+
+def _encode_header(header: dict[str, Any]) -> bytes:
+    body = json.dumps(header, sort_keys=True).encode()
+    return _PREFIX.pack(MAGIC, len(body)) + body
+
+
+def _plan_header(layout: Layout, bundle: str, dtype: str, d_model: int) -> dict[str, Any]:
+    """Find the header size (a multiple of 4 KiB) that fits the header that records it (checksums are fixed width)."""
+    dummy = ["0" * 64] * layout.n_layers
+    size = ALIGN
+    while True:
+        header = _header_dict(layout, bundle, dtype, d_model, size, dummy)
+        need = _align(len(_encode_header(header)))
+        if need <= size:
+            return header
+        size = need
+
+
+def _check_weights(w: Mapping[str, np.ndarray], layer: int, parts: tuple[str, ...], n: int, d: int) -> None:
+    for name in parts:
+        if name not in w:
+            raise PackError(f"layer {layer}: weights_fn returned no {name!r} matrix")
+        want = (d, n) if name == "down" else (n, d)
+        if tuple(np.shape(w[name])) != want:
+            raise PackError(f"layer {layer}: {name} has shape {tuple(np.shape(w[name]))}, expected {want}")
+
+
+def write_pack(
+    path: str | os.PathLike[str],
+    weights_fn: WeightsFn,
+    layout: Layout,
+    *,
+    bundle: str = "up-down",
+    dtype: str = "fp16",
+    d_model: int,
+    progress: bool = True,
+) -> Path:
+    """Write the pack file of `layout` at `path`, atomically (temp file in the same directory, then rename).
+
+    Args:
+        weights_fn: `weights_fn(layer)` -> {"gate": f32[N, d], "up": f32[N, d], "down": f32[d, N]} (gate only needed
+            for ``gate-up-down``). Called once per layer, so only one layer's weights are in memory at a time.
+        layout: placements; position p of layer l stores the bundle of neuron ``layout.perms[l][p]``.
+        bundle: ``"up-down"`` or ``"gate-up-down"``.
+        dtype: ``"fp16"`` or ``"fp32"`` (weights are cast, round to nearest).
+        d_model: hidden size (the length of every part).
+    """
+    if bundle not in BUNDLES:
+        raise PackError(f"unknown bundle schema {bundle!r}; choose one of {', '.join(BUNDLES)}")
+    if dtype not in DTYPES:
+        raise PackError(f"unknown pack dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    if int(d_model) <= 0:
+        raise PackError(f"d_model must be positive, got {d_model}")
+    d = int(d_model)
+    parts = BUNDLES[bundle]
+    np_dtype = DTYPES[dtype]
+    header = _plan_header(layout, bundle, dtype, d)
+    bb = header["bundle_bytes"]
+    checksums: list[str] = []
+    with atomic_path(path) as tmp, open(tmp, "r+b") as f:
+        f.truncate(header["file_bytes"])  # sparse zero-filled file: padding needs no writes
+        f.seek(header["perm_offset"])
+        for perm in layout.perms:
+            f.write(np.ascontiguousarray(perm, dtype="<i4").tobytes())
+        layers = track(range(layout.n_layers), description="pack", disable=not progress)
+        for layer in layers:
+            n = layout.n_neurons[layer]
+            w = weights_fn(layer)
+            _check_weights(w, layer, parts, n, d)
+            perm = layout.perms[layer]
+            h = hashlib.sha256()
+            f.seek(header["layer_offsets"][layer])
+            step = max(1, _WRITE_CHUNK // bb)
+            for a in range(0, n, step):
+                idx = perm[a : a + step]
+                block = np.empty((idx.size, len(parts), d), dtype=np_dtype)
+                for j, name in enumerate(parts):
+                    m = np.asarray(w[name])
+                    block[:, j, :] = m[:, idx].T if name == "down" else m[idx, :]
+                data = block.tobytes()
+                h.update(data)
+                f.write(data)
+            checksums.append(h.hexdigest())
+            del w
+        header["checksums"] = checksums
+        raw = _encode_header(header)
+        if len(raw) > header["header_bytes"]:  # pragma: no cover - checksums are fixed width
+            raise PackError("internal error: header grew after planning")
+        f.seek(0)
+        f.write(raw)
+        f.flush()
+    return Path(path)
+
+
+# ----------------------------------------------------------------------------------------------------------- read
+
+
+class PackFile:
+    """A validated pack file, read with ordinary (buffered) preads.
+
+    The runtime's timed reads go through :mod:`runtime.io` (O_DIRECT) using :meth:`layer_offset` and
+    :attr:`bundle_bytes`; this class is for checking what a pack holds and getting weights back exactly.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]):
+        self.path = Path(path)
+        try:
+            self._fd: int | None = os.open(self.path, os.O_RDONLY)
+        except OSError as e:
+            raise PackError(f"{self.path}: cannot open pack file ({e.strerror})") from None
+        try:
+            self.header = self._parse()
+        except OSError as e:  # e.g. a directory, or an I/O error while reading the header
+            self.close()
+            raise PackError(f"{self.path}: cannot read pack header ({e.strerror or e})") from None
+        except BaseException:
+            self.close()
+            raise
+        h = self.header
+        self.dtype: str = h["dtype"]
+        self.np_dtype: np.dtype = DTYPES[self.dtype]
+        self.bundle: str = h["bundle"]
+        self.parts: int = h["parts"]
+        self.d_model: int = h["d_model"]
+        self.bundle_bytes: int = h["bundle_bytes"]
+        self.n_layers: int = h["n_layers"]
+        self.layout_digest: str = h["layout_digest"]
+        self.model_id: str = h["model_id"]
+        self._perms: list[np.ndarray] | None = None
+        self._inverses: list[np.ndarray] | None = None
+
+    # -- header
+    def _fail(self, msg: str) -> PackError:
+        return PackError(f"{self.path}: {msg}")
+
+    def _parse(self) -> dict[str, Any]:
+        assert self._fd is not None
+        size = os.fstat(self._fd).st_size
+        prefix = os.pread(self._fd, _PREFIX.size, 0)
+        if len(prefix) < len(MAGIC) or prefix[: len(MAGIC)] != MAGIC:
+            raise self._fail("not a coact pack file (bad magic)")
+        if len(prefix) < _PREFIX.size:
+            raise self._fail("truncated pack file (header cut short)")
+        _, jlen = _PREFIX.unpack(prefix)
+        if jlen == 0 or jlen > _MAX_HEADER or _PREFIX.size + jlen > size:
+            raise self._fail(f"truncated or corrupt pack header (JSON length {jlen}, file size {size})")
+        try:
+            h = json.loads(os.pread(self._fd, jlen, _PREFIX.size))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise self._fail(f"corrupt pack header JSON ({' '.join(str(e).split())})") from None
+        if not isinstance(h, dict):
+            raise self._fail("corrupt pack header (not a JSON object)")
+        self._validate_header(h, jlen, size)
+        return h
+
+    def _validate_header(self, h: dict[str, Any], jlen: int, size: int) -> None:
+        required = {
+            "version": int, "dtype": str, "bundle": str, "parts": int, "bundle_bytes": int, "d_model": int,
+            "n_layers": int, "n_neurons": list, "header_bytes": int, "perm_offset": int, "perm_nbytes": int,
+            "layer_offsets": list, "layer_nbytes": list, "file_bytes": int, "layout_digest": str, "model_id": str,
+            "checksums": list,
+        }
+        for key, typ in required.items():
+            if not isinstance(h.get(key), typ) or (typ is int and isinstance(h.get(key), bool)):
+                raise self._fail(f"pack header field {key!r} missing or not {typ.__name__}")
+        if h.get("format", FORMAT_NAME) != FORMAT_NAME:
+            raise self._fail(f"not a coact pack file (format {h.get('format')!r})")
+        if h["version"] != VERSION:
+            raise self._fail(f"unsupported pack version {h['version']} (this coact reads {VERSION})")
+        if h["dtype"] not in DTYPES:
+            raise self._fail(f"unknown dtype {h['dtype']!r}")
+        if h["bundle"] not in BUNDLES or h["parts"] != len(BUNDLES[h["bundle"]]):
+            raise self._fail(f"unknown bundle schema {h['bundle']!r} with {h['parts']} parts")
+        if h["d_model"] <= 0 or h["bundle_bytes"] != h["parts"] * h["d_model"] * DTYPES[h["dtype"]].itemsize:
+            raise self._fail("bundle_bytes does not equal parts * d_model * dtype size")
+        L = h["n_layers"]
+        lists = ("n_neurons", "layer_offsets", "layer_nbytes", "checksums")
+        if any(len(h[k]) != L for k in lists):
+            raise self._fail(f"per-layer lists do not all have n_layers={L} entries")
+        hb = h["header_bytes"]
+        if hb % ALIGN or hb < _PREFIX.size + jlen:
+            raise self._fail(f"header_bytes {hb} is not a 4 KiB multiple holding the header")
+        sizes = [int(n) for n in h["n_neurons"]]
+        if any(n < 0 for n in sizes):
+            raise self._fail("negative layer size")
+        if h["perm_offset"] % ALIGN or h["perm_offset"] < hb or h["perm_nbytes"] != 4 * sum(sizes):
+            raise self._fail("perm region inconsistent with the layer sizes")
+        end = _align(h["perm_offset"] + h["perm_nbytes"])
+        for layer, (off, nb, n) in enumerate(zip(h["layer_offsets"], h["layer_nbytes"], sizes)):
+            if not isinstance(off, int) or off % ALIGN or off < end:
+                raise self._fail(f"layer {layer} offset {off} is not 4 KiB aligned after the previous region")
+            if nb != n * h["bundle_bytes"]:
+                raise self._fail(f"layer {layer} holds {nb} bytes, expected N * bundle_bytes = {n * h['bundle_bytes']}")
+            end = off + _align(nb)
+        if h["file_bytes"] != end or h["file_bytes"] % ALIGN:
+            raise self._fail(f"file_bytes {h['file_bytes']} inconsistent with the layer regions (end {end})")
+        if size < h["file_bytes"]:
+            raise self._fail(f"truncated pack file: {size} bytes, header says {h['file_bytes']}")
+        if size != h["file_bytes"]:
+            raise self._fail(f"pack file has {size} bytes, header says {h['file_bytes']}")
+
+    # -- accessors
+    def layer_offset(self, layer: int) -> int:
+        """Byte offset of layer `layer`'s first bundle (a multiple of 4096)."""
+        return int(self.header["layer_offsets"][self._layer(layer)])
+
+    def n_neurons(self, layer: int) -> int:
+        return int(self.header["n_neurons"][self._layer(layer)])
+
+    def layer_nbytes(self, layer: int) -> int:
+        """Bytes of bundles of `layer` (without the alignment padding)."""
+        return int(self.header["layer_nbytes"][self._layer(layer)])
+
+    def _layer(self, layer: int) -> int:
+        if not 0 <= int(layer) < self.n_layers:
+            raise PackError(f"{self.path}: layer {layer} out of range (pack has {self.n_layers} layers)")
+        return int(layer)
+
+    def perms(self) -> list[np.ndarray]:
+        """The placements stored in the pack (checked against the recorded layout digest on first read)."""
+        if self._perms is None:
+            assert self._fd is not None
+            raw = os.pread(self._fd, self.header["perm_nbytes"], self.header["perm_offset"])
+            flat = np.frombuffer(raw, dtype="<i4").astype(np.int64)
+            bounds = np.cumsum([0] + list(self.header["n_neurons"]))
+            perms = [flat[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+            if perms_digest(perms) != self.layout_digest:
+                raise self._fail("stored perms do not match the recorded layout digest (corrupt file)")
+            self._perms = perms
+        return self._perms
+
+    def inverse(self, layer: int) -> np.ndarray:
+        if self._inverses is None:
+            self._inverses = Layout(self.perms()).inverses
+        return self._inverses[self._layer(layer)]
+
+    def layout(self) -> Layout:
+        """The pack's placements as a :class:`Layout` (model id and solver name come from the header)."""
+        return Layout(self.perms(), model_id=self.model_id, solver=str(self.header.get("solver", "")))
+
+    def read_neurons(self, layer: int, neurons: np.ndarray, layout: Layout | None = None) -> np.ndarray:
+        """The stored weights of `neurons` (ids, any order) of `layer`: array [k, parts, d_model] in the pack dtype.
+
+        Neuron ids are mapped to positions through `layout` (which must be the pack's layout: checked by digest) or,
+        if not given, through the perms stored in the pack. Reads one buffered pread per run of positions.
+        """
+        layer = self._layer(layer)
+        ids = np.asarray(neurons, dtype=np.int64).reshape(-1)
+        n = self.n_neurons(layer)
+        if ids.size and (ids.min() < 0 or ids.max() >= n):
+            raise PackError(f"{self.path}: neuron ids out of range [0, {n}) for layer {layer}")
+        if layout is not None:
+            check_layout_matches(self, layout)
+            inv = layout.inverses[layer]
+        else:
+            inv = self.inverse(layer)
+        pos = inv[ids]
+        uniq, where = np.unique(pos, return_inverse=True)
+        out = np.empty((uniq.size, self.parts, self.d_model), dtype=self.np_dtype)
+        starts, lengths = runs(uniq)
+        bb, base, k = self.bundle_bytes, self.layer_offset(layer), 0
+        assert self._fd is not None
+        for s, m in zip(starts.tolist(), lengths.tolist()):
+            raw = os.pread(self._fd, m * bb, base + s * bb)
+            if len(raw) != m * bb:
+                raise self._fail(f"short read in layer {layer} (truncated file?)")
+            out[k : k + m] = np.frombuffer(raw, dtype=self.np_dtype).reshape(m, self.parts, self.d_model)
+            k += m
+        return out[where.reshape(-1)]
+
+    def verify(self) -> None:
+        """Recompute every layer's sha256 (and the perms digest); raise :class:`PackError` on the first mismatch."""
+        assert self._fd is not None
+        self.perms()  # checks the perm region against the layout digest
+        for layer in range(self.n_layers):
+            h = hashlib.sha256()
+            off, left = self.layer_offset(layer), self.layer_nbytes(layer)
+            while left:
+                raw = os.pread(self._fd, min(left, _WRITE_CHUNK), off)
+                if not raw:
+                    raise self._fail(f"layer {layer}: unexpected end of file")
+                h.update(raw)
+                off += len(raw)
+                left -= len(raw)
+            if h.hexdigest() != self.header["checksums"][layer]:
+                raise self._fail(f"layer {layer}: checksum mismatch (file corrupt)")
+
+    def close(self) -> None:
+        if getattr(self, "_fd", None) is not None:
+            os.close(self._fd)  # type: ignore[arg-type]
+            self._fd = None
+
+    def __enter__(self) -> "PackFile":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:  # pragma: no cover - safety net only
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def __repr__(self) -> str:
+        return (f"PackFile({str(self.path)!r}, layers={self.n_layers}, bundle={self.bundle}, dtype={self.dtype}, "
+                f"bundle_bytes={self.bundle_bytes})")
+
+
+def check_layout_matches(pack: PackFile, layout: Layout) -> None:
+    """Raise :class:`PackError` unless `layout` is the layout `pack` was written with (same perms digest)."""
+    if layout.n_layers != pack.n_layers:
+        raise PackError(f"{pack.path}: layout has {layout.n_layers} layers, pack has {pack.n_layers}")
+    sizes = [pack.n_neurons(i) for i in range(pack.n_layers)]
+    if layout.n_neurons != sizes:
+        raise PackError(f"{pack.path}: layout layer sizes differ from the pack's")
+    if layout.digest != pack.layout_digest:
+        raise PackError(f"{pack.path}: pack was written with another layout (digest {pack.layout_digest[:12]}, "
+                        f"layout {layout.digest[:12]})")

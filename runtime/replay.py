@@ -1,0 +1,288 @@
+"""Simulate or really replay a trace against a layout: what a placement costs in runs, reads, bytes and time.
+
+Both paths share one planning function, :func:`plan_chunk`: active sets -> cache -> load sets -> positions through
+the layout inverse -> runs -> access collapse -> 4 KiB-aligned byte ranges, vectorised over a chunk of tokens per
+layer. :func:`simulate` only counts; :func:`replay` additionally issues the byte ranges with O_DIRECT through an
+I/O engine, token by token and layer by layer, timing each (token, layer) submit. Because the layer regions of a
+pack are 4 KiB aligned, planning relative to offset 0 (simulate) or to the real layer offset (replay) gives the
+same requests, so replay's counts equal simulate's exactly.
+
+Planning is done a chunk of tokens at a time *before* that chunk's timed loop, so the timed region holds nothing
+but the engine call.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from coact.bits import unpack_bits
+from coact.progress import make_progress
+from runtime.cache import Cache, NoCache
+from runtime.io import filesystem_type, get_engine
+from runtime.layout import Layout
+from runtime.pack import PackFile, check_layout_matches
+from runtime.planner import (
+    ALIGN,
+    DENSE_CHUNK,
+    batch_byte_ranges,
+    batch_collapse,
+    batch_runs,
+    dense_plan,
+    segment_sums,
+)
+from runtime.report import Report, TraceCounts
+
+_CHUNK_BOOL_BUDGET = 32 << 20  # bytes of unpacked active sets held per chunk
+
+
+@dataclass
+class LayerRanges:
+    """The I/O requests of one layer for a chunk of tokens: requests of token t are [ptr[t], ptr[t+1])."""
+
+    ptr: list[int]
+    offsets: list[int]
+    sizes: list[int]
+
+
+def _check_inputs(layout: Layout, packed_active: np.ndarray, layers: Sequence[int] | None) -> list[int]:
+    pa = packed_active
+    if pa.ndim != 3:
+        raise ValueError(f"packed_active must be uint8 [T, L, nb], got shape {pa.shape}")
+    if pa.dtype != np.uint8:
+        raise ValueError(f"packed_active must be uint8 (bit-packed), got {pa.dtype}")
+    if pa.shape[1] != layout.n_layers:
+        raise ValueError(f"packed_active has {pa.shape[1]} layers, the layout {layout.n_layers}")
+    need = (max(layout.n_neurons, default=0) + 7) // 8
+    if pa.shape[2] < need:
+        raise ValueError(f"packed_active has {pa.shape[2]} bytes per set, {need} needed for N={max(layout.n_neurons)}")
+    sel = list(range(layout.n_layers)) if layers is None else [int(x) for x in layers]
+    for x in sel:
+        if not 0 <= x < layout.n_layers:
+            raise ValueError(f"layer {x} out of range (layout has {layout.n_layers} layers)")
+    return sel
+
+
+def _chunk_tokens(layout: Layout, layers: list[int], chunk_tokens: int | None) -> int:
+    if chunk_tokens:
+        return max(1, int(chunk_tokens))
+    per_token = 2 * sum(layout.n_neurons[x] for x in layers) or 1  # active + load matrices
+    return int(max(1, min(512, _CHUNK_BOOL_BUDGET // per_token)))
+
+
+def plan_chunk(
+    layout: Layout,
+    packed_chunk: np.ndarray,
+    layers: list[int],
+    *,
+    bundle_bytes: int,
+    collapse_gap: int = 0,
+    cache: Cache | None = None,
+    bases: Sequence[int] | None = None,
+    align: int = ALIGN,
+    dense: bool = False,
+    dense_chunk: int = DENSE_CHUNK,
+    keep_ranges: bool = False,
+) -> tuple[TraceCounts, list[LayerRanges] | None]:
+    """Counts (and optionally the byte ranges) of a chunk of tokens, packed_chunk uint8 [Tc, L, nb].
+
+    The cache is consulted token by token, layers in order (its state carries over between chunks); the rest is
+    vectorised over the chunk per layer. `bases` are the layers' region offsets (multiples of `align`; zeros for a
+    simulation).
+    """
+    Tc = int(packed_chunk.shape[0])
+    Ls = len(layers)
+    bases = [0] * layout.n_layers if bases is None else list(bases)
+    counts = {f: np.zeros((Tc, Ls), dtype=np.int64) for f in
+              ("active", "loaded", "runs", "collapsed_reads", "reads", "bytes_requested", "bytes_read")}
+    ranges: list[LayerRanges] | None = [] if keep_ranges else None
+    bb = int(bundle_bytes)
+
+    if dense:
+        for j, layer in enumerate(layers):
+            n = layout.n_neurons[layer]
+            off, nb = dense_plan(n, bb, bases[layer], chunk_bytes=dense_chunk, align=align)
+            counts["active"][:, j] = n
+            counts["loaded"][:, j] = n
+            counts["runs"][:, j] = 1 if n else 0
+            counts["collapsed_reads"][:, j] = 1 if n else 0
+            counts["reads"][:, j] = off.size
+            counts["bytes_requested"][:, j] = n * bb
+            counts["bytes_read"][:, j] = int(nb.sum())
+            if ranges is not None:
+                k = off.size
+                ranges.append(LayerRanges([t * k for t in range(Tc + 1)], off.tolist() * Tc, nb.tolist() * Tc))
+        return TraceCounts(list(layers), **counts), ranges
+
+    active = [unpack_bits(packed_chunk[:, layer, :], layout.n_neurons[layer]) for layer in layers]
+    for j, a in enumerate(active):
+        counts["active"][:, j] = a.sum(axis=1)
+
+    if cache is None or isinstance(cache, NoCache):
+        load = active
+    else:
+        load = [np.zeros_like(a) for a in active]
+        for t in range(Tc):
+            for j, layer in enumerate(layers):
+                s = cache.filter(layer, np.flatnonzero(active[j][t]))
+                cache.admit(layer, s)
+                load[j][t, s] = True
+
+    for j, layer in enumerate(layers):
+        in_place_order = load[j][:, layout.perms[layer]]  # column p = neuron perm[p]
+        tok, pos = np.nonzero(in_place_order)  # row-major: grouped by token, positions sorted
+        counts["loaded"][:, j] = np.bincount(tok, minlength=Tc)
+        seg, st, ln = batch_runs(tok, pos, check=False)
+        counts["runs"][:, j] = np.bincount(seg, minlength=Tc)
+        seg, st, ln = batch_collapse(seg, st, ln, collapse_gap)
+        counts["collapsed_reads"][:, j] = np.bincount(seg, minlength=Tc)
+        seg, off, nb = batch_byte_ranges(seg, st, ln, bases[layer], bb, align)
+        counts["reads"][:, j] = np.bincount(seg, minlength=Tc)
+        counts["bytes_read"][:, j] = segment_sums(seg, nb, Tc)
+        if ranges is not None:
+            ptr = np.searchsorted(seg, np.arange(Tc + 1))
+            ranges.append(LayerRanges(ptr.tolist(), off.tolist(), nb.tolist()))
+    counts["bytes_requested"] = counts["loaded"] * bb
+    return TraceCounts(list(layers), **counts), ranges
+
+
+def _config(
+    layout: Layout,
+    *,
+    bundle_bytes: int,
+    collapse_gap: int,
+    cache: Cache | None,
+    engine: str | None,
+    pack_path: str | None,
+    align: int,
+    dense: bool,
+    layers: list[int],
+) -> dict[str, Any]:
+    return {
+        "layout_solver": layout.solver,
+        "layout_digest": layout.digest,
+        "model_id": layout.model_id,
+        "plan": "dense" if dense else "sparse",
+        "cache": (cache.describe() if cache is not None else {"policy": "none", "budget_bytes": 0}),
+        "collapse_gap": int(collapse_gap),
+        "engine": engine,
+        "pack_path": pack_path,
+        "bundle_bytes": int(bundle_bytes),
+        "align": int(align),
+        "layers": layers,
+    }
+
+
+def simulate(
+    layout: Layout,
+    packed_active: np.ndarray,
+    n_neurons: int | Sequence[int],
+    *,
+    bundle_bytes: int,
+    collapse_gap: int = 0,
+    cache: Cache | None = None,
+    layers: Sequence[int] | None = None,
+    dense: bool = False,
+    align: int = ALIGN,
+    chunk_tokens: int | None = None,
+    progress: bool = False,
+) -> Report:
+    """Count runs, reads and bytes of a trace under `layout` without touching the disk.
+
+    Args:
+        packed_active: uint8 [T, L, ceil(N/8)] bit-packed active sets (little bit order, :mod:`coact.bits`).
+        n_neurons: the model's N (one int or one per layer); must match the layout.
+        bundle_bytes: bytes per bundle (as in the pack file that would be read).
+        collapse_gap: access-collapse threshold in bundles (0 = off).
+        cache: a fresh :class:`runtime.cache.Cache` (stateful: do not reuse one across runs), or None.
+        layers: subset of layers to plan (default all).
+        dense: plan the `dense` baseline (every layer's whole region, in 1 MiB reads) instead.
+    """
+    sizes = [int(n_neurons)] * layout.n_layers if isinstance(n_neurons, (int, np.integer)) else list(n_neurons)
+    if [int(n) for n in sizes] != layout.n_neurons:
+        raise ValueError(f"n_neurons {sizes[:4]}... does not match the layout's layer sizes")
+    sel = _check_inputs(layout, packed_active, layers)
+    if dense and cache is not None and not isinstance(cache, NoCache):
+        raise ValueError("the dense plan reads whole layers; it takes no cache")
+    step = _chunk_tokens(layout, sel, chunk_tokens)
+    T = packed_active.shape[0]
+    parts = []
+    with make_progress(disable=not progress) as prog:
+        task = prog.add_task("simulate", total=T)
+        for a in range(0, T, step):
+            c, _ = plan_chunk(layout, np.asarray(packed_active[a : a + step]), sel, bundle_bytes=bundle_bytes,
+                              collapse_gap=collapse_gap, cache=cache, align=align, dense=dense)
+            parts.append(c)
+            prog.advance(task, c.n_tokens)
+    cfg = _config(layout, bundle_bytes=bundle_bytes, collapse_gap=collapse_gap, cache=cache, engine=None,
+                  pack_path=None, align=align, dense=dense, layers=sel)
+    return Report.from_counts(TraceCounts.concat(parts, sel), mode="simulate", plan=cfg["plan"], config=cfg)
+
+
+def replay(
+    pack_path: str | os.PathLike[str],
+    layout: Layout,
+    packed_active: np.ndarray,
+    *,
+    collapse_gap: int = 0,
+    engine: str = "sync",
+    cache: Cache | None = None,
+    layers: Sequence[int] | None = None,
+    dense: bool = False,
+    chunk_tokens: int | None = None,
+    progress: bool = True,
+) -> Report:
+    """Replay a trace with real O_DIRECT reads of the pack file; same counts as :func:`simulate` plus I/O times.
+
+    Per token, layers in order: load set -> positions -> reads -> byte ranges relative to the layer's region ->
+    ``engine.submit``; each submit is timed with ``time.perf_counter_ns`` and a token's latency is the sum over its
+    layers. Raises :class:`runtime.io.DirectIOUnsupported` if the file system has no O_DIRECT (e.g. tmpfs) and
+    :class:`runtime.pack.PackError` if `layout` is not the pack's layout.
+    """
+    path = Path(pack_path)
+    with PackFile(path) as pack:
+        check_layout_matches(pack, layout)
+        bb = pack.bundle_bytes
+        bases = [pack.layer_offset(x) for x in range(pack.n_layers)]
+    sel = _check_inputs(layout, packed_active, layers)
+    if dense and cache is not None and not isinstance(cache, NoCache):
+        raise ValueError("the dense plan reads whole layers; it takes no cache")
+    step = _chunk_tokens(layout, sel, chunk_tokens)
+    T, Ls = packed_active.shape[0], len(sel)
+    latency = np.zeros((T, Ls), dtype=np.int64)
+    parts = []
+    clock = time.perf_counter_ns
+    eng = get_engine(engine, path)
+    try:
+        with make_progress(disable=not progress) as prog:
+            task = prog.add_task("replay", total=T)
+            for a in range(0, T, step):
+                counts, ranges = plan_chunk(layout, np.asarray(packed_active[a : a + step]), sel, bundle_bytes=bb,
+                                            collapse_gap=collapse_gap, cache=cache, bases=bases, dense=dense,
+                                            keep_ranges=True)
+                assert ranges is not None
+                parts.append(counts)
+                lat = latency[a : a + counts.n_tokens]
+                submit = eng.submit
+                for t in range(counts.n_tokens):
+                    row = lat[t]
+                    for j, r in enumerate(ranges):
+                        lo, hi = r.ptr[t], r.ptr[t + 1]
+                        if lo == hi:
+                            continue
+                        offs, sizes = r.offsets[lo:hi], r.sizes[lo:hi]
+                        t0 = clock()
+                        submit(offs, sizes)
+                        row[j] = clock() - t0
+                prog.advance(task, counts.n_tokens)
+    finally:
+        eng.close()
+    cfg = _config(layout, bundle_bytes=bb, collapse_gap=collapse_gap, cache=cache, engine=engine,
+                  pack_path=str(path), align=ALIGN, dense=dense, layers=sel)
+    cfg["pack_fs"] = filesystem_type(path)
+    return Report.from_counts(TraceCounts.concat(parts, sel), mode="replay", plan=cfg["plan"], config=cfg,
+                              latency_ns=latency)
