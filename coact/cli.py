@@ -47,7 +47,7 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
             raise typer.Exit(130)
         except _user_errors() as exc:
             msg = " ".join(str(exc).split()) or type(exc).__name__
-            err_console.print(f"error: {msg}", markup=False, highlight=False)
+            typer.echo(f"error: {msg}", err=True)  # plain echo: rich would wrap a long message over lines
             raise typer.Exit(2)
 
     return wrapper
@@ -90,10 +90,11 @@ def demo(
     if json_out:
         _emit_json({k: summary[k] for k in ("config", "rows", "achieved_sparsity")})
         return
-    t = Table(title=f"coact demo: {heldout_tokens} held-out tokens, {summary['trace']['n_layers']} layers")
-    for col in ("solver", "objective", "mean run length", "reads/token", "KiB read/token", "I/O ms/token",
-                "p50 ms", "p99 ms", "MB/s"):
-        t.add_column(col, justify="right")
+    t = Table(title=f"coact demo: {heldout_tokens} held-out tokens, {summary['trace']['n_layers']} layers; "
+              "run = bundles per read (higher is better), I/O = real O_DIRECT time per token")
+    t.add_column("solver", no_wrap=True)
+    for col in ("objective", "mean run", "reads/tok", "KiB/tok", "I/O ms/tok", "p50 ms", "p99 ms", "MB/s"):
+        t.add_column(col, justify="right", no_wrap=True)
     for r in summary["rows"]:
         t.add_row(r["solver"], f"{r['objective']:,}", f"{r['mean_run_length']:.3f}", f"{r['reads_per_token']:.1f}",
                   f"{r['bytes_read_per_token'] / 1024:.0f}", f"{r['io_ms_per_token_mean']:.2f}",

@@ -42,9 +42,9 @@ def capture(
     from coact.sparsify import get_sparsifier
     from coact.trace import CaptureConfig, Trace, capture_trace
 
-    get_sparsifier(method, sparsity=sparsity)  # validate before the slow model load
-    handle = load_model(model) if isinstance(model, str) else model
+    get_sparsifier(method, sparsity=sparsity)  # validate cheap inputs before the slow model load
     text = load_text(corpus)
+    handle = load_model(model) if isinstance(model, str) else model
     stream = tokenize(text, handle.tokenizer)
     thresholds = None
     if thresholds_from is not None:
