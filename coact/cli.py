@@ -329,6 +329,64 @@ def replay_cmd(
         out_console.print(rep.layer_table())
 
 
+# --------------------------------------------------------------------------------------------------------- compare
+@app.command()
+@friendly
+def compare(
+    stats_dir: Path = typer.Option(..., "--stats", help="Profiling statistics (coact stats)."),
+    trace_dir: Path = typer.Option(..., "--trace", help="Held-out trace to evaluate on."),
+    start: int = typer.Option(0, help="First held-out token of the trace."),
+    stop: Optional[int] = typer.Option(None),
+    solver: List[str] = typer.Option([], help="Solvers beyond the baselines identity/random/frequency/ripple."),
+    out: Path = typer.Option(Path("compare-out"), help="Folder for compare.json, compare.png and layouts/."),
+    collapse: int = typer.Option(0, help="Access-collapse gap in bundles for the held-out simulation."),
+    time_limit: Optional[float] = typer.Option(None, help="Seconds per layer for searching solvers."),
+    bound: bool = typer.Option(True, help="Compute the LP upper bound (gap column)."),
+    bundle: str = typer.Option("up-down"),
+    dtype: str = typer.Option("fp16"),
+    seed: int = typer.Option(0),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Solvers x baselines on one model: objective, gap to a proven bound, held-out mean run length and
+    reads/token (simulated), solve time; a table, compare.json and compare.png.
+
+    Example: coact compare --stats stats/profile --trace traces/heldout --solver ortools --solver leiden+local-search
+    """
+    from coact.compare import compare_solvers, plot_solver_comparison
+    from coact.errors import CoactError
+    from coact.pipeline import bundle_bytes, check_compatible
+    from coact.stats import CoactStats
+    from coact.trace import Trace
+    from solvers.base import get_solver
+
+    for s in solver:
+        get_solver(s)
+    st = CoactStats.load(_require(stats_dir, "statistics"))
+    tr = Trace.load(_require(trace_dir, "trace"))
+    if st.meta.get("model_id") != tr.model_id or st.n_neurons != tr.n_neurons:
+        raise CoactError(f"statistics are for {st.meta.get('model_id')!r}, trace is from {tr.model_id!r}")
+    bb = bundle_bytes(bundle, dtype, int(tr.meta["d_model"]))
+    out.mkdir(parents=True, exist_ok=True)
+    cmp = compare_solvers(st, tr.packed(start, stop), solver, bundle_bytes=bb, collapse_gap=collapse, seed=seed,
+                          time_limit=time_limit, with_bound=bound, out_dir=out, progress=not json_out)
+    (out / "compare.json").write_text(json.dumps(cmp.to_dict(), indent=1, default=str))
+    plot_solver_comparison(cmp, out / "compare.png")
+    if json_out:
+        _emit_json(cmp.rows)
+        return
+    t = Table(title=f"solvers on {st.n_layers} layers; bound = {cmp.bound or float('nan'):,.0f}")
+    t.add_column("solver", no_wrap=True)
+    for col in ("objective", "gap %", "mean run", "vs ripple", "reads/tok", "solve s"):
+        t.add_column(col, justify="right", no_wrap=True)
+    for r in cmp.rows:
+        gap = "-" if r["gap_pct"] is None else f"{r['gap_pct']:.2f}"
+        t.add_row(r["solver"], f"{r['objective']:,}", gap, f"{r['heldout_mean_run_length']:.3f}",
+                  f"{r['run_length_vs_ripple']:.3f}", f"{r['heldout_reads_per_token']:.1f}",
+                  f"{r['solve_seconds']:.2f}")
+    out_console.print(t)
+    out_console.print(f"outputs: {out.resolve()}")
+
+
 # ---------------------------------------------------------------------------------------------------------- export
 @app.command()
 @friendly
