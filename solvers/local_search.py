@@ -1,0 +1,437 @@
+"""`local-search`: 2-opt and Or-opt improvement of a placement, for the adjacency objective (DESIGN §2).
+
+The placement is a Hamiltonian *path* (ends free) and the objective is the sum of co-activation counts of adjacent
+positions, so this is local search for the maximum-weight Hamiltonian path. Two classic neighbourhoods:
+
+* **2-opt** (Croes 1958): reverse a segment `perm[i..j]`. With symmetric weights only the two boundary edges
+  change: `c[p[i-1], p[j]] + c[p[i], p[j+1]] - c[p[i-1], p[i]] - c[p[j], p[j+1]]` (a missing neighbour beyond an
+  end of the path weighs 0, so prefix/suffix reversals are included).
+* **Or-opt** (Or 1976): move a segment of 1-3 consecutive neurons, possibly reversed, between two other adjacent
+  positions (or to an end of the path).
+
+Moves are generated from a **candidate-neighbour list** (the top-k co-activated partners of each neuron, k=10 by
+default; Johnson & McGeoch 1997, "The TSP: a case study in local optimization"): a move is tried only if it makes a
+neuron adjacent to one of its candidates. The two path ends are always candidates too (moves to the free ends).
+Nodes wait in a queue ("don't-look bits", Bentley 1992); a node whose best move does not improve leaves the
+queue, the endpoints of every applied move re-enter it. Only strictly improving moves are applied and deltas are
+exact int64 arithmetic on the counts, so the objective never decreases. The search stops at a local optimum
+(empty queue) or when `time_limit` is used up (checked between chunks of the compiled kernel).
+
+Start: `init` if given, else the Ripple greedy placement (`get_solver("ripple")`; if that solver is not available,
+:mod:`solvers.path_cover`'s greedy). The kernels are compiled with numba (`cache=True`).
+
+This module also holds the helpers other solvers share: :func:`csr_arrays` (sorted int64 CSR),
+:func:`candidate_lists` (top-k partners) and the compiled weight lookup.
+"""
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import numpy as np
+import scipy.sparse as sp
+from numba import njit
+
+from .base import SolverError, check_permutation, register
+
+if TYPE_CHECKING:  # pragma: no cover
+    from coact.graph import CoactGraph
+
+DEFAULT_TIME_LIMIT = 10.0
+
+
+# --------------------------------------------------------------------------------------------- shared helpers
+
+
+def csr_arrays(graph_or_matrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`(indptr, indices, data)` of the co-activation counts as int64 with sorted column indices and no zeros.
+
+    Accepts a CoactGraph (uses `.counts`) or any scipy sparse / dense square matrix. Float counts are rounded.
+    """
+    m = getattr(graph_or_matrix, "counts", graph_or_matrix)
+    if hasattr(graph_or_matrix, "counts") and sp.issparse(m) and m.format == "csr" and m.dtype == np.int64:
+        # CoactGraph keeps its counts canonical (int64, sorted indices, no zeros, no diagonal): no copy needed
+        return (np.asarray(m.indptr, dtype=np.int64), np.asarray(m.indices, dtype=np.int64), np.asarray(m.data))
+    m = sp.csr_matrix(m, copy=True)
+    if m.dtype.kind == "f":
+        m.data = np.rint(m.data)
+    m.data = m.data.astype(np.int64, copy=False)
+    m.setdiag(0)
+    m.eliminate_zeros()
+    m.sort_indices()
+    return (m.indptr.astype(np.int64), m.indices.astype(np.int64), m.data.astype(np.int64))
+
+
+@njit(cache=True)
+def w_lookup(indptr, indices, data, a, b):
+    """Weight of pair (a, b) by binary search in row a; 0 when absent or when a or b is -1 (a free path end)."""
+    if a < 0 or b < 0:
+        return 0
+    lo = indptr[a]
+    hi = indptr[a + 1]
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        x = indices[mid]
+        if x < b:
+            lo = mid + 1
+        elif x > b:
+            hi = mid
+        else:
+            return data[mid]
+    return 0
+
+
+@njit(cache=True)
+def _topk_rows(indptr, indices, data, k):
+    n = indptr.shape[0] - 1
+    out = np.full((n, k), -1, dtype=np.int64)
+    best = np.zeros(k, dtype=np.int64)
+    for i in range(n):
+        m = 0  # filled entries, kept sorted by weight descending (ties: lower id first since scanned ascending)
+        for e in range(indptr[i], indptr[i + 1]):
+            wt = data[e]
+            if wt <= 0:
+                continue
+            j = indices[e]
+            if m == k and wt <= best[k - 1]:
+                continue
+            pos = m if m < k else k - 1
+            while pos > 0 and best[pos - 1] < wt:
+                if pos < k:
+                    best[pos] = best[pos - 1]
+                    out[i, pos] = out[i, pos - 1]
+                pos -= 1
+            best[pos] = wt
+            out[i, pos] = j
+            if m < k:
+                m += 1
+    return out
+
+
+def candidate_lists(graph_or_csr, k: int = 10) -> np.ndarray:
+    """int64[n, k]: each neuron's k most co-activated partners (descending count), padded with -1.
+
+    Only partners with a positive count are listed.
+    """
+    if isinstance(graph_or_csr, tuple):
+        indptr, indices, data = graph_or_csr
+    else:
+        indptr, indices, data = csr_arrays(graph_or_csr)
+    k = max(1, int(k))
+    return _topk_rows(indptr, indices, data, k)
+
+
+@njit(cache=True)
+def path_weight(perm, indptr, indices, data):
+    """Adjacency objective of `perm` (same value as :func:`solvers.base.objective`)."""
+    s = 0
+    for p in range(perm.shape[0] - 1):
+        s += w_lookup(indptr, indices, data, perm[p], perm[p + 1])
+    return s
+
+
+def default_start(graph: "CoactGraph", seed: int = 0, time_limit: float | None = None) -> np.ndarray:
+    """The Ripple greedy placement, or path-cover's greedy if `ripple` is not registered."""
+    from .base import get_solver
+
+    try:
+        s = get_solver("ripple")
+    except SolverError:
+        from .path_cover import greedy_path_cover_perm
+
+        return greedy_path_cover_perm(graph)
+    return check_permutation(s.solve(graph, seed=seed, time_limit=time_limit), graph.n)
+
+
+# --------------------------------------------------------------------------------------------- the kernel
+
+
+@njit(cache=True)
+def _at(perm, n, p):
+    if p < 0 or p >= n:
+        return -1
+    return perm[p]
+
+
+@njit(cache=True)
+def _reverse(perm, pos, i, j):
+    while i < j:
+        a = perm[i]
+        b = perm[j]
+        perm[i] = b
+        perm[j] = a
+        pos[b] = i
+        pos[a] = j
+        i += 1
+        j -= 1
+
+
+@njit(cache=True)
+def _move_segment(perm, pos, i, L, q, rev):
+    """Move perm[i:i+L] to sit between original positions q and q+1 (q <= i-2 or q >= i+L), reversed if rev."""
+    seg = np.empty(L, dtype=np.int64)
+    for t in range(L):
+        seg[t] = perm[i + L - 1 - t] if rev else perm[i + t]
+    if q <= i - 2:
+        # shift perm[q+1 .. i-1] right by L
+        for p in range(i - 1, q, -1):
+            x = perm[p]
+            perm[p + L] = x
+            pos[x] = p + L
+        for t in range(L):
+            perm[q + 1 + t] = seg[t]
+            pos[seg[t]] = q + 1 + t
+    else:
+        # shift perm[i+L .. q] left by L
+        for p in range(i + L, q + 1):
+            x = perm[p]
+            perm[p - L] = x
+            pos[x] = p - L
+        base = q - L + 1
+        for t in range(L):
+            perm[base + t] = seg[t]
+            pos[seg[t]] = base + t
+
+
+@njit(cache=True)
+def _push(x, queue, inq, qhead, qlen, n):
+    if x >= 0 and not inq[x]:
+        queue[(qhead + qlen) % n] = x
+        inq[x] = True
+        qlen += 1
+    return qlen
+
+
+@njit(cache=True)
+def _ls_kernel(perm, pos, indptr, indices, data, cand, queue, inq, qstate, max_nodes, maxseg, use_2opt, use_oropt):
+    """Process up to `max_nodes` queued nodes. qstate = [qhead, qlen]. Returns the total gain of applied moves."""
+    n = perm.shape[0]
+    k = cand.shape[1]
+    qhead = qstate[0]
+    qlen = qstate[1]
+    total = 0
+    processed = 0
+    extra = np.empty(k + 2, dtype=np.int64)
+    while qlen > 0 and processed < max_nodes:
+        a = queue[qhead]
+        qhead = (qhead + 1) % n
+        qlen -= 1
+        inq[a] = False
+        processed += 1
+        for t in range(k):
+            extra[t] = cand[a, t]
+        extra[k] = perm[0]
+        extra[k + 1] = perm[n - 1]
+        best = 0
+        btype = 0  # 1 = reversal [bi, bj]; 2 = segment move
+        bi = 0
+        bj = 0
+        bL = 0
+        bq = 0
+        brev = False
+        pa = pos[a]
+        wa_prev = w_lookup(indptr, indices, data, a, _at(perm, n, pa - 1))
+        wa_next = w_lookup(indptr, indices, data, a, _at(perm, n, pa + 1))
+        for t in range(k + 2):
+            b = extra[t]
+            if b < 0 or b == a:
+                continue
+            pb = pos[b]
+            wab = w_lookup(indptr, indices, data, a, b)
+            if use_2opt:
+                if pb > pa:
+                    # reverse [pa+1, pb]: new (a,b), (p[pa+1], p[pb+1])
+                    if pb > pa + 1:
+                        x = _at(perm, n, pa + 1)
+                        y = _at(perm, n, pb + 1)
+                        d = wab + w_lookup(indptr, indices, data, x, y) - wa_next - w_lookup(indptr, indices, data, b, y)
+                        if d > best:
+                            best = d
+                            btype = 1
+                            bi = pa + 1
+                            bj = pb
+                    # reverse [pa, pb-1]: new (p[pa-1], p[pb-1]), (a, b)
+                    if pb - 1 > pa:
+                        x = _at(perm, n, pa - 1)
+                        y = _at(perm, n, pb - 1)
+                        d = wab + w_lookup(indptr, indices, data, x, y) - wa_prev - w_lookup(indptr, indices, data, y, b)
+                        if d > best:
+                            best = d
+                            btype = 1
+                            bi = pa
+                            bj = pb - 1
+                else:
+                    # reverse [pb, pa-1]: new (p[pb-1], p[pa-1]), (b, a)
+                    if pa - 1 > pb:
+                        x = _at(perm, n, pb - 1)
+                        y = _at(perm, n, pa - 1)
+                        d = wab + w_lookup(indptr, indices, data, x, y) - w_lookup(indptr, indices, data, x, b) - wa_prev
+                        if d > best:
+                            best = d
+                            btype = 1
+                            bi = pb
+                            bj = pa - 1
+                    # reverse [pb+1, pa]: new (b, a), (p[pb+1], p[pa+1])
+                    if pa > pb + 1:
+                        x = _at(perm, n, pb + 1)
+                        y = _at(perm, n, pa + 1)
+                        d = wab + w_lookup(indptr, indices, data, x, y) - w_lookup(indptr, indices, data, b, x) - wa_next
+                        if d > best:
+                            best = d
+                            btype = 1
+                            bi = pb + 1
+                            bj = pa
+            if use_oropt:
+                for L in range(1, maxseg + 1):
+                    for side in range(2):
+                        if L == 1 and side == 1:
+                            continue
+                        i = pa if side == 0 else pa - L + 1
+                        if i < 0 or i + L > n:
+                            continue
+                        if pb >= i and pb < i + L:
+                            continue
+                        s0 = perm[i]
+                        s1 = perm[i + L - 1]
+                        prv = _at(perm, n, i - 1)
+                        nxt = _at(perm, n, i + L)
+                        rem = (w_lookup(indptr, indices, data, prv, nxt) - w_lookup(indptr, indices, data, prv, s0)
+                               - w_lookup(indptr, indices, data, s1, nxt))
+                        for qq in range(2):
+                            q = pb if qq == 0 else pb - 1
+                            if not (q <= i - 2 or q >= i + L):
+                                continue
+                            u = _at(perm, n, q)
+                            v = _at(perm, n, q + 1)
+                            wuv = w_lookup(indptr, indices, data, u, v)
+                            # forward: u, s0..s1, v
+                            d = rem + w_lookup(indptr, indices, data, u, s0) + w_lookup(indptr, indices, data, s1, v) - wuv
+                            if d > best:
+                                best = d
+                                btype = 2
+                                bi = i
+                                bL = L
+                                bq = q
+                                brev = False
+                            if L > 1:
+                                d = (rem + w_lookup(indptr, indices, data, u, s1)
+                                     + w_lookup(indptr, indices, data, s0, v) - wuv)
+                                if d > best:
+                                    best = d
+                                    btype = 2
+                                    bi = i
+                                    bL = L
+                                    bq = q
+                                    brev = True
+        if best > 0:
+            total += best
+            if btype == 1:
+                touched0 = _at(perm, n, bi - 1)
+                touched1 = perm[bi]
+                touched2 = perm[bj]
+                touched3 = _at(perm, n, bj + 1)
+                _reverse(perm, pos, bi, bj)
+                qlen = _push(touched0, queue, inq, qhead, qlen, n)
+                qlen = _push(touched1, queue, inq, qhead, qlen, n)
+                qlen = _push(touched2, queue, inq, qhead, qlen, n)
+                qlen = _push(touched3, queue, inq, qhead, qlen, n)
+            else:
+                touched0 = _at(perm, n, bi - 1)
+                touched1 = perm[bi]
+                touched2 = perm[bi + bL - 1]
+                touched3 = _at(perm, n, bi + bL)
+                touched4 = _at(perm, n, bq)
+                touched5 = _at(perm, n, bq + 1)
+                _move_segment(perm, pos, bi, bL, bq, brev)
+                qlen = _push(touched0, queue, inq, qhead, qlen, n)
+                qlen = _push(touched1, queue, inq, qhead, qlen, n)
+                qlen = _push(touched2, queue, inq, qhead, qlen, n)
+                qlen = _push(touched3, queue, inq, qhead, qlen, n)
+                qlen = _push(touched4, queue, inq, qhead, qlen, n)
+                qlen = _push(touched5, queue, inq, qhead, qlen, n)
+            qlen = _push(a, queue, inq, qhead, qlen, n)
+    qstate[0] = qhead
+    qstate[1] = qlen
+    return total
+
+
+def improve(
+    perm: np.ndarray,
+    csr: tuple[np.ndarray, np.ndarray, np.ndarray],
+    cand: np.ndarray,
+    *,
+    time_limit: float | None = None,
+    maxseg: int = 3,
+    two_opt: bool = True,
+    or_opt: bool = True,
+    chunk: int = 2000,
+    history: list[int] | None = None,
+) -> np.ndarray:
+    """Run 2-opt/Or-opt from `perm` to a local optimum (or until `time_limit` seconds). Returns a new array.
+
+    If `history` is a list, the objective after every chunk of `chunk` processed nodes is appended to it (the first
+    entry is the start objective); it is non-decreasing by construction.
+    """
+    t0 = time.perf_counter()
+    indptr, indices, data = csr
+    perm = np.array(perm, dtype=np.int64, copy=True)
+    n = perm.shape[0]
+    if n < 3:
+        if history is not None:
+            history.append(int(path_weight(perm, indptr, indices, data)))
+        return perm
+    pos = np.empty(n, dtype=np.int64)
+    pos[perm] = np.arange(n, dtype=np.int64)
+    queue = perm.copy()  # initial order: placement order
+    inq = np.ones(n, dtype=np.bool_)
+    qstate = np.array([0, n], dtype=np.int64)
+    cur = int(path_weight(perm, indptr, indices, data))
+    if history is not None:
+        history.append(cur)
+    while qstate[1] > 0:
+        gain = _ls_kernel(perm, pos, indptr, indices, data, cand, queue, inq, qstate, chunk, int(maxseg),
+                          bool(two_opt), bool(or_opt))
+        cur += int(gain)
+        if history is not None:
+            history.append(cur)
+        if time_limit is not None and time.perf_counter() - t0 >= time_limit:
+            break
+    return perm
+
+
+@register("local-search")
+class LocalSearchSolver:
+    """2-opt + Or-opt (segments of 1-3) over top-k candidate neighbours, improving moves only.
+
+    Parameters:
+        k: candidate-neighbour list size (top-k partners by count).
+        maxseg: longest segment moved by Or-opt.
+        time_limit: default wall-clock budget (seconds) when `solve` gets none.
+    """
+
+    name = "local-search"
+    optimises = "max adjacency objective (sum of co-activation counts of neighbours) by 2-opt/Or-opt local search"
+
+    def __init__(self, k: int = 10, maxseg: int = 3, time_limit: float = DEFAULT_TIME_LIMIT):
+        if k < 1 or maxseg < 1:
+            raise SolverError("local-search needs k >= 1 and maxseg >= 1")
+        self.k = int(k)
+        self.maxseg = int(maxseg)
+        self.time_limit = float(time_limit)
+        self.history: list[int] = []
+
+    def solve(self, graph: "CoactGraph", *, seed: int = 0, time_limit: float | None = None,
+              init: np.ndarray | None = None) -> np.ndarray:
+        t0 = time.perf_counter()
+        limit = self.time_limit if time_limit is None else float(time_limit)
+        n = int(graph.n)
+        self.history = []
+        if n == 0:
+            return np.zeros(0, dtype=np.int64)
+        if init is None:
+            init = default_start(graph, seed=seed, time_limit=limit / 2)
+        perm = check_permutation(init, n)
+        csr = csr_arrays(graph)
+        cand = candidate_lists(csr, self.k)
+        left = max(0.0, limit - (time.perf_counter() - t0))
+        return improve(perm, csr, cand, time_limit=left, maxseg=self.maxseg, history=self.history)
