@@ -409,3 +409,7 @@ def export(
 
 def main() -> None:  # pragma: no cover - console entry point alias
     app()
+
+
+# Runtime commands (device-profile, pipelines, fio-check) register themselves on `app`.
+from coact import cli_runtime  # noqa: E402,F401

@@ -11,11 +11,12 @@ The choice is made by the environment variable ``COACT_NOTEBOOK_DATA``:
   CATS 90 %). The co-activation statistics are not committed (dense counts of 30 layers x 1,536² neurons are
   283 MB); :func:`load_sample` recomputes them with :func:`coact.stats.compute_stats` in a few seconds and checks
   their digest against the one recorded in ``data/sample/manifest.json``.
-- ``model``: capture with the real model through :func:`coact.pipeline.capture` (``COACT_NOTEBOOK_TOKENS``
-  profiling tokens of ``pydoc``, default 8,192, then 1,024 held-out tokens, and 2,048 tokens of
-  ``../shared/corpora/wikitext2-test.txt`` with the profiling trace's thresholds). Traces are kept in
-  ``$COACT_CACHE/notebook-data/`` and reused by later runs. If the WikiText-2 file is absent, the sample's
-  WikiText-2 trace is used instead (same model and thresholds calibration), with a note.
+- ``model``: capture with the real model through :func:`coact.pipeline.capture`: P profiling tokens of ``pydoc``,
+  the next H tokens as held-out text, and W tokens of ``../shared/corpora/wikitext2-test.txt``, both with the
+  profiling trace's CATS thresholds. ``COACT_NOTEBOOK_TOKENS`` is ``P`` or ``P,H,W`` (default 8192,1024,2048).
+  Traces are kept in ``$COACT_CACHE/notebook-data/`` and reused by later runs. If the WikiText-2 file is absent,
+  the sample's WikiText-2 trace is used instead (same model; thresholds calibrated on the first 1,024 ``pydoc``
+  tokens, like a model-mode profile's when P >= 1,024), with a note.
 
 Everything returned is a plain :class:`coact.trace.Trace` / :class:`coact.stats.CoactStats`; the notebooks do the
 analysis themselves with the public API.
@@ -177,14 +178,26 @@ def _load_or_capture(handle: Any, corpus: str, out: Path, **kw: Any) -> Any:
     return capture(handle, corpus, out, **kw)
 
 
-def load_notebook_data(mode: str | None = None, *, profile_tokens: int | None = None, out: str | Path | None = None,
-                       progress: bool = False) -> NotebookData:
+def token_budget(spec: str | None = None) -> tuple[int, int, int]:
+    """(profile, held-out, second-corpus) token counts of model mode from ``P`` or ``P,H,W``
+    (default ``$COACT_NOTEBOOK_TOKENS``, else 8192,1024,2048)."""
+    spec = spec if spec is not None else os.environ.get(TOKENS_ENV, "")
+    vals = [MODEL_PROFILE_TOKENS, MODEL_HELDOUT_TOKENS, MODEL_OTHER_TOKENS]
+    parts = [p.strip().replace("_", "") for p in spec.split(",") if p.strip()]
+    if len(parts) not in (0, 1, 3) or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise CoactError(f"{TOKENS_ENV}={spec!r}: expected P or P,H,W (positive token counts)")
+    vals[: len(parts)] = [int(p) for p in parts]
+    return vals[0], vals[1], vals[2]
+
+
+def load_notebook_data(mode: str | None = None, *, tokens: str | tuple[int, int, int] | None = None,
+                       out: str | Path | None = None, progress: bool = False) -> NotebookData:
     """The profiling, held-out and second-corpus traces for ``mode`` (default: ``$COACT_NOTEBOOK_DATA``).
 
-    In model mode, ``profile_tokens`` (default ``$COACT_NOTEBOOK_TOKENS`` or 8,192) tokens of ``pydoc`` are captured
-    with :func:`coact.pipeline.capture` into ``out`` (default ``$COACT_CACHE/notebook-data/...``), followed by
-    1,024 held-out tokens and 2,048 tokens of WikiText-2, both with the profiling trace's CATS thresholds; existing
-    traces there are reused.
+    In model mode, P profiling tokens of ``pydoc`` are captured with :func:`coact.pipeline.capture` into ``out``
+    (default ``$COACT_CACHE/notebook-data/...``), then the next H tokens (held out) and W tokens of WikiText-2, both
+    with the profiling trace's CATS thresholds; (P, H, W) come from `tokens` (a tuple or ``"P,H,W"``, default
+    ``$COACT_NOTEBOOK_TOKENS``, see :func:`token_budget`). Existing traces there are reused.
     """
     from coact.trace import Trace
 
@@ -201,8 +214,7 @@ def load_notebook_data(mode: str | None = None, *, profile_tokens: int | None = 
 
     from coact.models import cache_dir, load_model
 
-    P = int(profile_tokens or os.environ.get(TOKENS_ENV) or MODEL_PROFILE_TOKENS)
-    H, W = MODEL_HELDOUT_TOKENS, MODEL_OTHER_TOKENS
+    P, H, W = tokens if isinstance(tokens, tuple) else token_budget(tokens)
     root = Path(out) if out is not None else cache_dir() / "notebook-data" / f"{MODEL_SPEC}-cats90-p{P}-h{H}-w{W}"
     root.mkdir(parents=True, exist_ok=True)
     handle = load_model(MODEL_SPEC)

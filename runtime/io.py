@@ -6,17 +6,53 @@ price is that the buffer address, the file offset and the size must be multiples
 4 KiB for all three (it covers 512 B and 4 KiB devices), with buffers from an anonymous mmap (page aligned).
 
 Engines: an :class:`Engine` performs all the reads of one (token, layer) and returns when they are complete, which
-is the unit the replay times. `sync` issues one preadv at a time; other engines (`threads`, `uring`) register
-themselves with :func:`register_engine` and the replay picks them by name, unchanged.
+is the unit the replay times. Three engines register themselves with :func:`register_engine` and the replay picks
+them by name, unchanged; all give the same bytes and counts, only the speed differs:
+
+- ``sync``: one blocking preadv at a time (queue depth 1), the simplest honest baseline.
+- ``threads``: a fixed pool of worker threads issuing preadv in parallel (``os.preadv`` releases the GIL while the
+  kernel waits for the device), so up to ``queue_depth`` requests are in flight. No per-read task objects: a submit
+  publishes the read list once, wakes the workers through one lock each, and every worker (the caller included)
+  claims the next read index from a shared ``itertools.count`` (atomic under the GIL) until the list is exhausted.
+  Why parallel requests at all: flash is an array of parallel units; "LLM in a flash" (Alizadeh et al., 2024, §3.1,
+  Fig. 2) shows random-read throughput grows with the number of outstanding requests, which is why their runtime
+  reads with 32 threads.
+- ``uring``: io_uring (Axboe, 2019) through the Python binding ``liburing`` **2024.5.3** (Cython over the C liburing;
+  built from its sdist). One thread keeps up to ``queue_depth`` reads in flight with one ``io_uring_enter`` per
+  batch of completions instead of one syscall per read. What was tried, and why this exact version:
+
+  * ``liburing`` 2026.3.30 (the newest, a Zig rewrite shipped as a manylinux wheel): it imports, but constructing a
+    ``Ring`` dies with SIGILL (illegal instruction): its wheel is compiled with AVX-512 instructions
+    (``vmovups %zmm0`` in ``Ring.__new__``, found with gdb), and this machine's CPU (AMD EPYC, AVX2, no AVX-512)
+    cannot run them. It cannot be caught from Python (the process is killed), so :func:`uring_status` refuses
+    that API instead of probing it.
+  * ``liburing`` 2024.5.3 (Cython API: ``io_uring``, ``io_uring_get_sqe``, ``io_uring_prep_read``, ...): builds from
+    source here (needs a C compiler) and works with O_DIRECT reads into our mmap buffers. Its
+    ``io_uring_peek_batch_cqe`` writes ``count`` pointers into a single pointer field, so this module reaps
+    completions one at a time with ``io_uring_wait_cqe`` + ``io_uring_cq_advance`` (no syscall when one is ready).
+
+  When no working binding is installed, ``get_engine("uring", ...)`` raises :class:`EngineUnavailable` with the
+  reason, and :func:`engine_status` says why, so tests skip it cleanly.
+
+Page cache: every engine opens the file with O_DIRECT (checked by :func:`has_o_direct` through ``fcntl(F_GETFL)``);
+:func:`drop_page_cache` evicts the file's clean cached pages (``posix_fadvise(DONTNEED)``) and
+:func:`resident_pages` counts the file's pages that are in the page cache (``mincore(2)`` on a mapping of the
+file), so a test or a benchmark can show that O_DIRECT reads did not fill the page cache, and therefore could not
+have been served from it.
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import errno
+import fcntl
+import itertools
 import mmap
 import os
 import tempfile
+import threading
 from pathlib import Path
-from typing import Callable, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -198,12 +234,16 @@ class Engine(Protocol):
     def close(self) -> None: ...
 
 
-EngineFactory = Callable[[str | os.PathLike[str]], Engine]
+EngineFactory = Callable[..., Engine]
 _ENGINES: dict[str, EngineFactory] = {}
 
 
+class EngineUnavailable(RuntimeError):
+    """A registered engine cannot run here (e.g. no working io_uring binding); the message says why."""
+
+
 def register_engine(name: str) -> Callable[[EngineFactory], EngineFactory]:
-    """Class/function decorator adding an engine factory `factory(path) -> Engine` under `name`."""
+    """Class/function decorator adding an engine factory `factory(path, **params) -> Engine` under `name`."""
 
     def deco(factory: EngineFactory) -> EngineFactory:
         _ENGINES[name] = factory
@@ -213,16 +253,128 @@ def register_engine(name: str) -> Callable[[EngineFactory], EngineFactory]:
 
 
 def available_engines() -> list[str]:
+    """Registered engine names (an engine may still be unavailable on this machine: see :func:`engine_status`)."""
     return sorted(_ENGINES)
 
 
-def get_engine(name: str, path: str | os.PathLike[str]) -> Engine:
-    """Open engine `name` on the file at `path` (raises ValueError for an unknown name)."""
+def parse_engine(spec: str) -> tuple[str, dict[str, Any]]:
+    """``"threads"`` -> ("threads", {}); ``"threads:16"`` -> ("threads", {"queue_depth": 16}) (CLI shorthand)."""
+    name, _, qd = str(spec).partition(":")
+    if not qd:
+        return name, {}
     try:
-        factory = _ENGINES[name]
+        depth = int(qd)
+    except ValueError:
+        raise ValueError(f"bad engine spec {spec!r}: the part after ':' must be a queue depth (an integer)") from None
+    if depth < 1:
+        raise ValueError(f"bad engine spec {spec!r}: queue depth must be >= 1")
+    return name, {"queue_depth": depth}
+
+
+def get_engine(name: str, path: str | os.PathLike[str], **params: Any) -> Engine:
+    """Open engine `name` (or ``name:queue_depth``) on the file at `path`.
+
+    Raises ValueError for an unknown name and :class:`EngineUnavailable` when the engine cannot run here.
+    """
+    base, extra = parse_engine(name)
+    try:
+        factory = _ENGINES[base]
     except KeyError:
-        raise ValueError(f"unknown I/O engine {name!r}; available: {', '.join(available_engines())}") from None
-    return factory(path)
+        raise ValueError(f"unknown I/O engine {base!r}; available: {', '.join(available_engines())}") from None
+    return factory(path, **{**extra, **params})
+
+
+def engine_status(name: str) -> tuple[bool, str]:
+    """(usable here, reason) for a registered engine, without opening a file."""
+    if name not in _ENGINES:
+        return False, f"unknown I/O engine {name!r}"
+    if name == "uring":
+        return uring_status()
+    return True, "ok"
+
+
+def engine_queue_depth(engine: Engine) -> int:
+    """Requests an engine keeps in flight (1 for engines that do not say)."""
+    return int(getattr(engine, "queue_depth", 1) or 1)
+
+
+# --------------------------------------------------------------------------------------------- page-cache checks
+
+
+def open_flags(fd: int) -> int:
+    """The status flags of an open file descriptor (``fcntl(fd, F_GETFL)``)."""
+    return fcntl.fcntl(fd, fcntl.F_GETFL)
+
+
+def has_o_direct(fd: int) -> bool:
+    """Whether `fd` was opened with O_DIRECT (so its reads bypass the page cache)."""
+    return O_DIRECT is not None and bool(open_flags(fd) & O_DIRECT)
+
+
+def drop_page_cache(path: str | os.PathLike[str]) -> None:
+    """Ask the kernel to drop the file's clean cached pages (``posix_fadvise(POSIX_FADV_DONTNEED)``).
+
+    Why: a file just written (a pack, the profiling file) sits in the page cache; buffered readers would be served
+    from DRAM. O_DIRECT readers are not, but dropping makes :func:`resident_pages` a clean before/after check.
+    Dirty pages are written back first (fdatasync), since DONTNEED only drops clean pages.
+    """
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        try:
+            os.fdatasync(fd)
+        except OSError:
+            pass
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+_libc: Any = None
+
+
+def _get_libc() -> Any:
+    global _libc
+    if _libc is None:
+        lib = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        lib.mmap.restype = ctypes.c_void_p
+        lib.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+        lib.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        lib.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+        _libc = lib
+    return _libc
+
+
+def resident_pages(path: str | os.PathLike[str], offset: int = 0, length: int | None = None) -> tuple[int, int]:
+    """(pages of the file held in the page cache, pages examined), from ``mincore(2)`` through ctypes.
+
+    `offset` (a multiple of the page size) and `length` select a byte range (default: the whole file), e.g. one
+    layer region of a pack, whose header pages a buffered reader may legitimately have cached. Mapping a file does
+    not read it, and mincore only reports residency, so the check itself loads nothing.
+    """
+    page = mmap.PAGESIZE
+    if int(offset) % page or int(offset) < 0:
+        raise ValueError(f"offset must be a non-negative multiple of the page size ({page})")
+    fsize = os.path.getsize(path)
+    size = max(0, min(fsize - int(offset), fsize if length is None else int(length)))
+    total = -(-size // page)
+    if size == 0:
+        return 0, 0
+    libc = _get_libc()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, int(offset))
+        if addr in (None, ctypes.c_void_p(-1).value):
+            raise OSError(ctypes.get_errno(), f"mmap of {path} failed")
+        try:
+            vec = (ctypes.c_ubyte * total)()
+            if libc.mincore(ctypes.c_void_p(addr), size, vec) != 0:
+                raise OSError(ctypes.get_errno(), f"mincore on {path} failed")
+            resident = sum(1 for v in bytes(vec) if v & 1)
+        finally:
+            libc.munmap(ctypes.c_void_p(addr), size)
+    finally:
+        os.close(fd)
+    return resident, total
 
 
 @register_engine("sync")
@@ -230,9 +382,17 @@ class SyncEngine:
     """One blocking preadv at a time, in the order given (queue depth 1: the simplest honest baseline)."""
 
     name = "sync"
+    queue_depth = 1
 
-    def __init__(self, path: str | os.PathLike[str]):
+    def __init__(self, path: str | os.PathLike[str], queue_depth: int = 1):
+        if int(queue_depth) != 1:
+            raise ValueError("the sync engine has queue depth 1; use 'threads:N' or 'uring:N' for more")
         self.file = DirectFile(path)
+        self._iov_view: memoryview | None = None
+        self._iovs = {}
+
+    def fileno(self) -> int:
+        return self.file.fileno()
 
     def submit(self, offsets: Sequence[int] | np.ndarray, sizes: Sequence[int] | np.ndarray) -> None:
         # The replay's timed region is this loop: keep it to one preadv per range (the planner already
@@ -242,9 +402,19 @@ class SyncEngine:
         f = self.file
         f.ensure_capacity(int(max(sizes)))
         fd, view, preadv = f.fileno(), f.buffer_view(), os.preadv
+        iovs = self._iovs if self._iov_view is view else self._reset_iovs(view)
         for off, n in zip(offsets, sizes):
-            if preadv(fd, [view[:n]], off) != n and len(f.read(off, n)) != n:  # retry a short read in full
+            iov = iovs.get(n)
+            if iov is None:
+                iov = iovs[n] = [view[:n]]
+            if preadv(fd, iov, off) != n and len(f.read(off, n)) != n:  # retry a short read in full
                 raise OSError(f"short read at offset {off}: fewer than {n} bytes ({f.path})")
+
+    def _reset_iovs(self, view: memoryview) -> dict[int, list[memoryview]]:
+        """Per-size one-element iovec lists over the buffer, reused across reads (no allocation per read)."""
+        self._iov_view = view
+        self._iovs: dict[int, list[memoryview]] = {}
+        return self._iovs
 
     def close(self) -> None:
         self.file.close()
@@ -254,3 +424,307 @@ class SyncEngine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _aligned_buffer(nbytes: int) -> tuple[mmap.mmap, memoryview]:
+    """A page-aligned anonymous mapping of at least `nbytes` (a power of two >= 4 KiB) and a view of it."""
+    cap = max(ALIGN, 1 << (int(nbytes) - 1).bit_length())
+    buf = mmap.mmap(-1, cap)
+    return buf, memoryview(buf)
+
+
+def _short_read(path: Path, off: int, n: int) -> OSError:
+    return OSError(f"short read at offset {off}: fewer than {n} bytes ({path})")
+
+
+@register_engine("threads")
+class ThreadsEngine:
+    """A fixed pool of threads issuing blocking preadv calls in parallel: up to `queue_depth` reads in flight.
+
+    The caller's thread is one of the `queue_depth` workers, so a pool of depth k starts k-1 threads. Each worker
+    owns a page-aligned buffer (O_DIRECT needs aligned memory; separate buffers because reads complete in any
+    order). A submit:
+
+    1. publishes (offsets, sizes, a fresh ``itertools.count``) in one attribute,
+    2. releases the start lock of min(k-1, n-1) workers (a one-read list is served inline, no wake-up),
+    3. drains the list in the caller's thread too: every worker loops ``j = next(counter)`` and reads entry j
+       until ``j >= n`` (claiming is atomic under the GIL; the preadv itself runs without the GIL),
+    4. acquires each woken worker's done lock, then re-raises the first worker error, if any.
+
+    So there is no Future, task or queue item per read: the hot path per read is one ``next``, two list
+    indexings and the preadv. Results are identical to :class:`SyncEngine` (the same bytes are requested); only
+    the order of completion differs.
+    """
+
+    name = "threads"
+
+    def __init__(self, path: str | os.PathLike[str], queue_depth: int = 8):
+        k = int(queue_depth)
+        if k < 1:
+            raise ValueError("queue_depth must be >= 1")
+        self.queue_depth = k
+        self.file = DirectFile(path)
+        self.path = self.file.path
+        self._fd = self.file.fileno()
+        self._bufs: list[mmap.mmap] = []
+        self._views: list[memoryview] = []
+        self._cap = 0
+        self._grow(1 << 20)
+        self._job: tuple[Any, Any, Any, int] = ([], [], itertools.count(), 0)
+        self._errors: list[BaseException] = []
+        self._stop = False
+        self._go = [threading.Lock() for _ in range(k - 1)]
+        self._done = [threading.Lock() for _ in range(k - 1)]
+        for lock in (*self._go, *self._done):
+            lock.acquire()
+        self._threads = [threading.Thread(target=self._worker, args=(i,), name=f"coact-io-{i}", daemon=True)
+                         for i in range(k - 1)]
+        for t in self._threads:
+            t.start()
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def _grow(self, nbytes: int) -> None:
+        if nbytes <= self._cap:
+            return
+        pairs = [_aligned_buffer(nbytes) for _ in range(self.queue_depth)]
+        self._bufs = [b for b, _ in pairs]
+        self._views = [v for _, v in pairs]
+        self._iovs: list[dict[int, list[memoryview]]] = [{} for _ in pairs]  # per slot: size -> [view[:size]]
+        self._cap = len(self._bufs[0])
+
+    def _worker(self, slot: int) -> None:
+        go, done = self._go[slot], self._done[slot]
+        while True:
+            go.acquire()
+            if self._stop:
+                done.release()
+                return
+            try:
+                self._drain(slot)
+            except BaseException as e:  # reported by submit() in the caller's thread
+                self._errors.append(e)
+            done.release()
+
+    def _drain(self, slot: int) -> None:
+        offsets, sizes, claim, n = self._job
+        fd, view, preadv, iovs = self._fd, self._views[slot], os.preadv, self._iovs[slot]
+        for j in claim:
+            if j >= n:
+                return
+            size = sizes[j]
+            iov = iovs.get(size)
+            if iov is None:
+                iov = iovs[size] = [view[:size]]
+            if preadv(fd, iov, offsets[j]) != size:
+                got = self._retry(slot, int(offsets[j]), int(size))
+                if got != size:
+                    raise _short_read(self.path, int(offsets[j]), int(size))
+
+    def _retry(self, slot: int, off: int, size: int) -> int:
+        view, done = self._views[slot], 0
+        while done < size:
+            got = os.preadv(self._fd, [view[done:size]], off + done)
+            if got <= 0:
+                break
+            done += got
+        return done
+
+    def submit(self, offsets: Sequence[int] | np.ndarray, sizes: Sequence[int] | np.ndarray) -> None:
+        n = len(sizes)
+        if n == 0:
+            return
+        if self._fd is None or self._stop:
+            raise ValueError("submit on a closed ThreadsEngine")
+        biggest = int(max(sizes))
+        if biggest > self._cap:
+            self._grow(biggest)
+        self._job = (offsets, sizes, itertools.count(), n)
+        wake = min(self.queue_depth - 1, n - 1)
+        go = self._go
+        for i in range(wake):
+            go[i].release()
+        try:
+            self._drain(self.queue_depth - 1)  # the caller's own slot is the last buffer
+        finally:
+            done = self._done
+            for i in range(wake):
+                done[i].acquire()
+        if self._errors:
+            err = self._errors[0]
+            self._errors.clear()
+            raise err
+
+    def close(self) -> None:
+        if self._stop:
+            return
+        self._stop = True
+        for lock in self._go:
+            lock.release()
+        for t in self._threads:
+            t.join()
+        self.file.close()
+
+    def __enter__(self) -> "ThreadsEngine":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:  # pragma: no cover - safety net only
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+_URING_STATUS: tuple[bool, str] | None = None
+
+
+def uring_status() -> tuple[bool, str]:
+    """(usable, reason) for the ``uring`` engine: a Cython ``liburing`` binding is importable and a ring opens.
+
+    Only the Cython API (liburing 2024.5.x: ``liburing.io_uring``) is used; the Zig rewrite (``liburing.Ring``,
+    2026.x) is refused without being touched, because on CPUs without AVX-512 constructing a ring kills the
+    process with SIGILL (see the module docstring).
+    """
+    global _URING_STATUS
+    if _URING_STATUS is not None:
+        return _URING_STATUS
+    try:
+        import liburing  # type: ignore[import-not-found]
+    except Exception as e:  # ImportError, or a broken binary
+        _URING_STATUS = (False, f"the Python io_uring binding is not installed (pip install 'liburing==2024.5.3'): "
+                                f"{type(e).__name__}: {e}")
+        return _URING_STATUS
+    if not hasattr(liburing, "io_uring") or not hasattr(liburing, "io_uring_prep_read"):
+        _URING_STATUS = (False, "installed liburing has the Zig API (2026.x) whose wheel needs AVX-512 and crashes "
+                                "with SIGILL on CPUs without it; install 'liburing==2024.5.3' (Cython API)")
+        return _URING_STATUS
+    try:
+        ring = liburing.io_uring()
+        liburing.io_uring_queue_init(2, ring, 0)
+        liburing.io_uring_queue_exit(ring)
+    except Exception as e:  # kernel without io_uring, io_uring_disabled sysctl, seccomp, ...
+        _URING_STATUS = (False, f"io_uring_queue_init failed: {type(e).__name__}: {e}")
+        return _URING_STATUS
+    _URING_STATUS = (True, f"liburing {getattr(liburing, '__version__', '2024.5.x')} (Cython API)")
+    return _URING_STATUS
+
+
+@register_engine("uring")
+class UringEngine:
+    """io_uring reads: one thread keeps up to `queue_depth` O_DIRECT reads in flight.
+
+    A submit fills free slots with ``io_uring_prep_read`` SQEs (each slot owns an aligned buffer; ``user_data`` is
+    the read index + 1 and the slot), enters the kernel once with ``io_uring_submit_and_wait(ring, 1)``, reaps every
+    completion that is ready, refills the freed slots, and repeats until all reads completed. A completion with a
+    negative result raises ``OSError(-res)``; a short read is retried synchronously (only end of file is short).
+    """
+
+    name = "uring"
+
+    def __init__(self, path: str | os.PathLike[str], queue_depth: int = 32):
+        ok, why = uring_status()
+        if not ok:
+            raise EngineUnavailable(f"uring engine unavailable: {why}")
+        import liburing  # type: ignore[import-not-found]
+
+        k = int(queue_depth)
+        if not 1 <= k <= 4096:
+            raise ValueError("queue_depth must be in [1, 4096]")
+        self.queue_depth = k
+        self._lu = liburing
+        self.file = DirectFile(path)
+        self.path = self.file.path
+        self._fd = self.file.fileno()
+        self._ring = liburing.io_uring()
+        liburing.io_uring_queue_init(max(2, 1 << (k - 1).bit_length()), self._ring, 0)
+        self._cqe = liburing.io_uring_cqe()
+        self._views: list[memoryview] = []
+        self._bufs: list[mmap.mmap] = []
+        self._cap = 0
+        self._grow(1 << 20)
+        self._open = True
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def _grow(self, nbytes: int) -> None:
+        if nbytes <= self._cap:
+            return
+        pairs = [_aligned_buffer(nbytes) for _ in range(self.queue_depth)]
+        self._bufs = [b for b, _ in pairs]
+        self._views = [v for _, v in pairs]
+        self._cap = len(self._bufs[0])
+
+    def submit(self, offsets: Sequence[int] | np.ndarray, sizes: Sequence[int] | np.ndarray) -> None:
+        n = len(sizes)
+        if n == 0:
+            return
+        if not self._open:
+            raise ValueError("submit on a closed UringEngine")
+        biggest = int(max(sizes))
+        if biggest > self._cap:
+            self._grow(biggest)
+        lu, ring, cqe, fd, views = self._lu, self._ring, self._cqe, self._fd, self._views
+        get_sqe, prep_read, set_data = lu.io_uring_get_sqe, lu.io_uring_prep_read, lu.io_uring_sqe_set_data64
+        submit_and_wait, cq_ready, wait_cqe, cq_advance = (lu.io_uring_submit_and_wait, lu.io_uring_cq_ready,
+                                                           lu.io_uring_wait_cqe, lu.io_uring_cq_advance)
+        qd = self.queue_depth
+        free = list(range(qd))
+        nxt = inflight = 0
+        short: list[int] = []
+        while nxt < n or inflight:
+            while nxt < n and free:
+                slot = free.pop()
+                sqe = get_sqe(ring)
+                prep_read(sqe, fd, views[slot], int(sizes[nxt]), int(offsets[nxt]))
+                set_data(sqe, ((nxt + 1) << 12) | slot)
+                nxt += 1
+                inflight += 1
+            submit_and_wait(ring, 1)
+            for _ in range(cq_ready(ring)):
+                rc = wait_cqe(ring, cqe)
+                if rc < 0:
+                    raise OSError(-rc, f"io_uring_wait_cqe failed: {os.strerror(-rc)}")
+                res, data = cqe.res, cqe.user_data
+                cq_advance(ring, 1)
+                j, slot = (data >> 12) - 1, data & 0xFFF
+                free.append(slot)
+                inflight -= 1
+                if res != sizes[j]:
+                    if res < 0:
+                        self._drain_quietly(inflight)
+                        raise OSError(-res, f"io_uring read at offset {offsets[j]} failed: {os.strerror(-res)}")
+                    short.append(j)
+        for j in short:  # a short read only happens at end of file: retry synchronously to be sure
+            if len(self.file.read(int(offsets[j]), int(sizes[j]))) != sizes[j]:
+                raise _short_read(self.path, int(offsets[j]), int(sizes[j]))
+
+    def _drain_quietly(self, inflight: int) -> None:
+        lu = self._lu
+        while inflight > 0:
+            if lu.io_uring_wait_cqe(self._ring, self._cqe) < 0:
+                return
+            lu.io_uring_cq_advance(self._ring, 1)
+            inflight -= 1
+
+    def close(self) -> None:
+        if self._open:
+            self._open = False
+            self._lu.io_uring_queue_exit(self._ring)
+            self.file.close()
+
+    def __enter__(self) -> "UringEngine":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:  # pragma: no cover - safety net only
+        try:
+            self.close()
+        except Exception:
+            pass

@@ -23,7 +23,7 @@ import numpy as np
 from coact.bits import unpack_bits
 from coact.progress import make_progress
 from runtime.cache import Cache, NoCache
-from runtime.io import filesystem_type, get_engine
+from runtime.io import drop_page_cache, engine_queue_depth, filesystem_type, get_engine, has_o_direct
 from runtime.layout import Layout
 from runtime.pack import PackFile, check_layout_matches
 from runtime.planner import (
@@ -126,10 +126,14 @@ def plan_chunk(
         load = active
     else:
         load = [np.zeros_like(a) for a in active]
+        wants_runs = bool(getattr(cache, "wants_runs", False))
         for t in range(Tc):
             for j, layer in enumerate(layers):
                 s = cache.filter(layer, np.flatnonzero(active[j][t]))
-                cache.admit(layer, s)
+                if wants_runs:
+                    cache.admit(layer, s, load_run_lengths(layout.inverses[layer], s))
+                else:
+                    cache.admit(layer, s)
                 load[j][t, s] = True
 
     for j, layer in enumerate(layers):
@@ -148,6 +152,53 @@ def plan_chunk(
             ranges.append(LayerRanges(ptr.tolist(), off.tolist(), nb.tolist()))
     counts["bytes_requested"] = counts["loaded"] * bb
     return TraceCounts(list(layers), **counts), ranges
+
+
+def load_run_lengths(inverse: np.ndarray, neurons: np.ndarray) -> np.ndarray:
+    """For every neuron of a load set, the length (in bundles) of the run of consecutive positions it lies in.
+
+    Runs are those of DESIGN §2 (before access collapse): what a run-aware cache (``ripple``) admits by.
+    """
+    n = np.asarray(neurons, dtype=np.int64)
+    if n.size == 0:
+        return np.empty(0, dtype=np.int64)
+    pos = inverse[n]
+    order = np.argsort(pos, kind="stable")
+    p = pos[order]
+    new = np.empty(p.size, dtype=bool)
+    new[0] = True
+    new[1:] = np.diff(p) != 1
+    rid = np.cumsum(new) - 1
+    lengths = np.bincount(rid)
+    out = np.empty(n.size, dtype=np.int64)
+    out[order] = lengths[rid]
+    return out
+
+
+def resolve_collapse(collapse_gap: int | str, *, bundle_bytes: int, cost_model: Any = None,
+                     queue_depth: int = 1) -> int:
+    """An integer gap from ``collapse_gap``: an int (>= 0) as given, or ``"auto"``: the cost model's largest gap
+    for which reading the gap bundles is cheaper than one more request at `queue_depth`
+    (:meth:`runtime.device.CostModel.collapse_gap`)."""
+    if isinstance(collapse_gap, str):
+        if collapse_gap.strip().lower() != "auto":
+            try:
+                return resolve_collapse(int(collapse_gap), bundle_bytes=bundle_bytes)
+            except ValueError:
+                raise ValueError(f"collapse gap must be an integer >= 0 or 'auto', got {collapse_gap!r}") from None
+        if cost_model is None:
+            raise ValueError("collapse 'auto' needs a device cost model (coact device-profile PATH --out cost.json)")
+        return int(cost_model.collapse_gap(bundle_bytes, queue_depth))
+    gap = int(collapse_gap)
+    if gap < 0:
+        raise ValueError(f"collapse gap must be >= 0, got {gap}")
+    return gap
+
+
+def modelled_latency_ns(counts: TraceCounts, cost_model: Any, queue_depth: int = 1) -> np.ndarray:
+    """int64 [T, L] modelled I/O time of every (token, layer): ``cost_model.batch_time(reads, bytes_read, qd)``."""
+    t = cost_model.batch_time(counts.reads, counts.bytes_read, queue_depth)
+    return np.rint(np.asarray(t, dtype=np.float64) * 1e9).astype(np.int64)
 
 
 def _config(
@@ -183,21 +234,27 @@ def simulate(
     n_neurons: int | Sequence[int],
     *,
     bundle_bytes: int,
-    collapse_gap: int = 0,
+    collapse_gap: int | str = 0,
     cache: Cache | None = None,
     layers: Sequence[int] | None = None,
     dense: bool = False,
     align: int = ALIGN,
     chunk_tokens: int | None = None,
     progress: bool = False,
+    cost_model: Any = None,
+    queue_depth: int = 1,
 ) -> Report:
     """Count runs, reads and bytes of a trace under `layout` without touching the disk.
+
+    With a `cost_model` (:class:`runtime.device.CostModel`) the report also carries *modelled* I/O latency per
+    token (each (token, layer)'s reads and bytes through ``cost_model.batch_time`` at `queue_depth`, summed over
+    layers), so latency fields are filled and ``config["latency"] == "modelled"``.
 
     Args:
         packed_active: uint8 [T, L, ceil(N/8)] bit-packed active sets (little bit order, :mod:`coact.bits`).
         n_neurons: the model's N (one int or one per layer); must match the layout.
         bundle_bytes: bytes per bundle (as in the pack file that would be read).
-        collapse_gap: access-collapse threshold in bundles (0 = off).
+        collapse_gap: access-collapse threshold in bundles (0 = off), or ``"auto"`` (needs `cost_model`).
         cache: a fresh :class:`runtime.cache.Cache` (stateful: do not reuse one across runs), or None.
         layers: subset of layers to plan (default all).
         dense: plan the `dense` baseline (every layer's whole region, in 1 MiB reads) instead.
@@ -208,6 +265,8 @@ def simulate(
     sel = _check_inputs(layout, packed_active, layers)
     if dense and cache is not None and not isinstance(cache, NoCache):
         raise ValueError("the dense plan reads whole layers; it takes no cache")
+    collapse_gap = resolve_collapse(collapse_gap, bundle_bytes=bundle_bytes, cost_model=cost_model,
+                                    queue_depth=queue_depth)
     step = _chunk_tokens(layout, sel, chunk_tokens)
     T = packed_active.shape[0]
     parts = []
@@ -220,7 +279,12 @@ def simulate(
             prog.advance(task, c.n_tokens)
     cfg = _config(layout, bundle_bytes=bundle_bytes, collapse_gap=collapse_gap, cache=cache, engine=None,
                   pack_path=None, align=align, dense=dense, layers=sel)
-    return Report.from_counts(TraceCounts.concat(parts, sel), mode="simulate", plan=cfg["plan"], config=cfg)
+    counts = TraceCounts.concat(parts, sel)
+    latency = None
+    if cost_model is not None:
+        latency = modelled_latency_ns(counts, cost_model, queue_depth)
+        cfg.update(latency="modelled", queue_depth=int(queue_depth), cost_model=cost_model.summary())
+    return Report.from_counts(counts, mode="simulate", plan=cfg["plan"], config=cfg, latency_ns=latency)
 
 
 def replay(
@@ -228,13 +292,17 @@ def replay(
     layout: Layout,
     packed_active: np.ndarray,
     *,
-    collapse_gap: int = 0,
+    collapse_gap: int | str = 0,
     engine: str = "sync",
     cache: Cache | None = None,
     layers: Sequence[int] | None = None,
     dense: bool = False,
     chunk_tokens: int | None = None,
     progress: bool = True,
+    cost_model: Any = None,
+    engine_params: dict[str, Any] | None = None,
+    read_log: list[tuple[np.ndarray, np.ndarray]] | None = None,
+    drop_cache: bool = True,
 ) -> Report:
     """Replay a trace with real O_DIRECT reads of the pack file; same counts as :func:`simulate` plus I/O times.
 
@@ -242,12 +310,21 @@ def replay(
     ``engine.submit``; each submit is timed with ``time.perf_counter_ns`` and a token's latency is the sum over its
     layers. Raises :class:`runtime.io.DirectIOUnsupported` if the file system has no O_DIRECT (e.g. tmpfs) and
     :class:`runtime.pack.PackError` if `layout` is not the pack's layout.
+
+    `engine` is a registered engine name, optionally with a queue depth (``"threads:16"``); `engine_params` go to
+    its factory. ``collapse_gap="auto"`` resolves through `cost_model` at the engine's queue depth. When
+    `read_log` is a list, the (offsets, sizes) of every submitted (token, layer) batch are appended to it in
+    issue order (for :mod:`runtime.fio`; outside the timed region). With `drop_cache` (default) the pack's pages
+    are dropped from the page cache (``posix_fadvise(DONTNEED)``) after its header is read, so neither the
+    buffered header read's read-ahead nor an earlier buffered reader leaves bundle pages cached.
     """
     path = Path(pack_path)
     with PackFile(path) as pack:
         check_layout_matches(pack, layout)
         bb = pack.bundle_bytes
         bases = [pack.layer_offset(x) for x in range(pack.n_layers)]
+    if drop_cache:
+        drop_page_cache(path)
     sel = _check_inputs(layout, packed_active, layers)
     if dense and cache is not None and not isinstance(cache, NoCache):
         raise ValueError("the dense plan reads whole layers; it takes no cache")
@@ -256,8 +333,13 @@ def replay(
     latency = np.zeros((T, Ls), dtype=np.int64)
     parts = []
     clock = time.perf_counter_ns
-    eng = get_engine(engine, path)
+    eng = get_engine(engine, path, **(engine_params or {}))
+    qd = engine_queue_depth(eng)
     try:
+        collapse_gap = resolve_collapse(collapse_gap, bundle_bytes=bb, cost_model=cost_model, queue_depth=qd)
+        fileno = getattr(eng, "fileno", None)
+        if fileno is not None and not has_o_direct(fileno()):
+            raise RuntimeError(f"engine {engine!r} did not open {path} with O_DIRECT")
         with make_progress(disable=not progress) as prog:
             task = prog.add_task("replay", total=T)
             for a in range(0, T, step):
@@ -278,11 +360,17 @@ def replay(
                         t0 = clock()
                         submit(offs, sizes)
                         row[j] = clock() - t0
+                        if read_log is not None:
+                            read_log.append((offs, sizes))
                 prog.advance(task, counts.n_tokens)
     finally:
         eng.close()
     cfg = _config(layout, bundle_bytes=bb, collapse_gap=collapse_gap, cache=cache, engine=engine,
                   pack_path=str(path), align=ALIGN, dense=dense, layers=sel)
     cfg["pack_fs"] = filesystem_type(path)
+    cfg["queue_depth"] = qd
+    cfg["o_direct"] = True
+    if cost_model is not None:
+        cfg["cost_model"] = cost_model.summary()
     return Report.from_counts(TraceCounts.concat(parts, sel), mode="replay", plan=cfg["plan"], config=cfg,
                               latency_ns=latency)
