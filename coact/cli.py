@@ -345,12 +345,19 @@ def compare(
     bundle: str = typer.Option("up-down"),
     dtype: str = typer.Option("fp16"),
     seed: int = typer.Option(0),
+    real: bool = typer.Option(False, "--real", help="Also replay the pipelines dense/llmflash/ripple/coact "
+                                                   "(coact = best solver here) with real O_DIRECT reads."),
+    budget: float = typer.Option(0.10, help="With --real: DRAM budget as a fraction of all FFN bytes."),
+    repeats: int = typer.Option(3, help="With --real: interleaved rounds."),
+    model: str = typer.Option("smollm2", help="With --real: model to pack from."),
+    cost: Optional[Path] = typer.Option(None, help="With --real: cost model JSON (coact device-profile)."),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
     """Solvers x baselines on one model: objective, gap to a proven bound, held-out mean run length and
-    reads/token (simulated), solve time; a table, compare.json and compare.png.
+    reads/token (simulated), solve time; a table, compare.json and compare.png. With --real, the named pipelines
+    are then replayed on the disk (see `coact pipelines`), coact's using the best solver of this comparison.
 
-    Example: coact compare --stats stats/profile --trace traces/heldout --solver ortools --solver leiden+local-search
+    Example: coact compare --stats stats/profile --trace traces/heldout --solver path-cover --solver ortools --real
     """
     from coact.compare import compare_solvers, plot_solver_comparison
     from coact.errors import CoactError
@@ -371,6 +378,17 @@ def compare(
                           time_limit=time_limit, with_bound=bound, out_dir=out, progress=not json_out)
     (out / "compare.json").write_text(json.dumps(cmp.to_dict(), indent=1, default=str))
     plot_solver_comparison(cmp, out / "compare.png")
+    if real:
+        from coact.cli_runtime import pipelines_cmd
+
+        best = max(cmp.rows, key=lambda r: (r["heldout_mean_run_length"] or 0, r["objective"]))["solver"]
+        lay = out / "layouts"
+        pipelines_cmd(trace_dir=trace_dir, start=start, stop=stop, layout=[f"ripple={lay / 'ripple.safetensors'}",
+                      f"best={lay / (best + '.safetensors')}"], pack_opt=[], model=model, workdir=out, cost=cost,
+                      stats_dir=stats_dir, profile_trace=None, profile_start=0, profile_stop=None, profile_tokens=256,
+                      pipeline=["dense", "llmflash", "ripple", "coact"], budget=budget, repeats=repeats, engine=None,
+                      sweep=False, plot=None, out=out / "real.json", json_out=False)
+        out_console.print(f"coact pipeline used layout '{best}'; real results in {out / 'real.json'}")
     if json_out:
         _emit_json(cmp.rows)
         return

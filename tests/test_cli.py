@@ -159,3 +159,18 @@ def test_not_a_trace(tmp_path):
     (tmp_path / "x").mkdir()
     one_line_error(run("stats", tmp_path / "x", "--out", tmp_path / "s", ok=False))
     one_line_error(run("stats", tmp_path / "missing", "--out", tmp_path / "s", ok=False))
+
+
+@pytest.mark.model
+def test_compare_solvers(smollm2_trace, tmp_path):
+    tr = smollm2_trace
+    run("stats", tr.path, "--out", tmp_path / "stats", "--stop", "384")
+    res = run("compare", "--stats", tmp_path / "stats", "--trace", tr.path, "--start", "384", "--solver",
+              "local-search", "--out", tmp_path / "cmp", "--time-limit", "1", "--json")
+    rows = {r["solver"]: r for r in json.loads(res.output)}
+    assert set(rows) == {"identity", "random", "frequency", "ripple", "local-search"}
+    for r in rows.values():
+        assert r["objective"] <= r["bound"]  # the bound is proven
+    assert rows["local-search"]["objective"] >= rows["ripple"]["objective"] > rows["identity"]["objective"]
+    assert (tmp_path / "cmp" / "compare.png").stat().st_size > 0
+    assert (tmp_path / "cmp" / "layouts" / "local-search.safetensors").exists()
