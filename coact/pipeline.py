@@ -106,15 +106,16 @@ def layout_objective(layout: Any, stats: Any) -> int:
     return int(sum(objective(p, CoactGraph.from_stats(stats, l)) for l, p in enumerate(layout.perms)))
 
 
-def check_compatible(layout: Any, trace: Any) -> None:
-    """A layout and a trace must come from the same model shape (and model id, when the layout records one)."""
-    if layout.n_layers != trace.n_layers or any(n != trace.n_neurons for n in layout.n_neurons):
+def check_compatible(layout: Any, target: Any, what: str = "trace") -> None:
+    """A layout and a trace (or a loaded model: anything with n_layers, n_neurons, model_id) must have the same
+    shape, and the same model id when the layout records one."""
+    if layout.n_layers != target.n_layers or any(n != target.n_neurons for n in layout.n_neurons):
         raise CoactError(
             f"layout has {layout.n_layers} layers x {layout.n_neurons[0] if layout.n_neurons else 0} neurons, "
-            f"trace has {trace.n_layers} x {trace.n_neurons}"
+            f"the {what} has {target.n_layers} x {target.n_neurons}"
         )
-    if layout.model_id and layout.model_id != trace.model_id:
-        raise CoactError(f"layout is for model {layout.model_id!r}, trace is from {trace.model_id!r}")
+    if layout.model_id and layout.model_id != target.model_id:
+        raise CoactError(f"layout is for model {layout.model_id!r}, the {what} is from {target.model_id!r}")
 
 
 def bundle_bytes(bundle: str, dtype: str, d_model: int) -> int:
@@ -136,13 +137,7 @@ def pack(model: str | Any, layout: Any, out: str | Path, *, bundle: str = "up-do
 
     bundle_bytes(bundle, dtype, 1)  # validate names before loading the model
     handle = load_model(model) if isinstance(model, str) else model
-    if layout.n_layers != handle.n_layers or any(n != handle.n_neurons for n in layout.n_neurons):
-        raise CoactError(
-            f"layout has {layout.n_layers} layers x {layout.n_neurons[0]} neurons; the model has "
-            f"{handle.n_layers} x {handle.n_neurons}"
-        )
-    if layout.model_id and layout.model_id != handle.model_id:
-        raise CoactError(f"layout is for model {layout.model_id!r}, not {handle.model_id!r}")
+    check_compatible(layout, handle, "model")
     write_pack(out, handle.ffn_weights, layout, bundle=bundle, dtype=dtype, d_model=handle.d_model,
                progress=progress)
     return Path(out)

@@ -56,6 +56,8 @@ from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
+from runtime._closing import Closing
+
 ALIGN = 4096
 O_DIRECT: int | None = getattr(os, "O_DIRECT", None)
 
@@ -147,7 +149,7 @@ def filesystem_type(path: str | os.PathLike[str]) -> str | None:
         return None
 
 
-class DirectFile:
+class DirectFile(Closing):
     """A file opened with O_RDONLY|O_DIRECT plus one reusable page-aligned buffer.
 
     `read(offset, nbytes)` returns a memoryview into the buffer, valid until the next read (the replay discards
@@ -206,17 +208,6 @@ class DirectFile:
             os.close(self._fd)
             self._fd = None
 
-    def __enter__(self) -> "DirectFile":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:  # pragma: no cover - safety net only
-        try:
-            self.close()
-        except Exception:
-            pass
 
 
 @runtime_checkable
@@ -438,7 +429,7 @@ def _short_read(path: Path, off: int, n: int) -> OSError:
 
 
 @register_engine("threads")
-class ThreadsEngine:
+class ThreadsEngine(Closing):
     """A fixed pool of threads issuing blocking preadv calls in parallel: up to `queue_depth` reads in flight.
 
     The caller's thread is one of the `queue_depth` workers, so a pool of depth k starts k-1 threads. Each worker
@@ -566,17 +557,6 @@ class ThreadsEngine:
             t.join()
         self.file.close()
 
-    def __enter__(self) -> "ThreadsEngine":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:  # pragma: no cover - safety net only
-        try:
-            self.close()
-        except Exception:
-            pass
 
 
 _URING_STATUS: tuple[bool, str] | None = None
@@ -614,7 +594,7 @@ def uring_status() -> tuple[bool, str]:
 
 
 @register_engine("uring")
-class UringEngine:
+class UringEngine(Closing):
     """io_uring reads: one thread keeps up to `queue_depth` O_DIRECT reads in flight.
 
     A submit fills free slots with ``io_uring_prep_read`` SQEs (each slot owns an aligned buffer; ``user_data`` is
@@ -717,14 +697,3 @@ class UringEngine:
             self._lu.io_uring_queue_exit(self._ring)
             self.file.close()
 
-    def __enter__(self) -> "UringEngine":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:  # pragma: no cover - safety net only
-        try:
-            self.close()
-        except Exception:
-            pass

@@ -26,6 +26,8 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from runtime._closing import Closing
+
 from coact.progress import track
 from runtime._atomic import atomic_path
 from runtime.layout import Layout, perms_digest
@@ -192,7 +194,7 @@ def write_pack(
 # ----------------------------------------------------------------------------------------------------------- read
 
 
-class PackFile:
+class PackFile(Closing):
     """A validated pack file, read with ordinary (buffered) preads.
 
     The runtime's timed reads go through :mod:`runtime.io` (O_DIRECT) using :meth:`layer_offset` and
@@ -387,17 +389,6 @@ class PackFile:
             os.close(self._fd)  # type: ignore[arg-type]
             self._fd = None
 
-    def __enter__(self) -> "PackFile":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:  # pragma: no cover - safety net only
-        try:
-            self.close()
-        except Exception:
-            pass
 
     def __repr__(self) -> str:
         return (f"PackFile({str(self.path)!r}, layers={self.n_layers}, bundle={self.bundle}, dtype={self.dtype}, "
