@@ -98,21 +98,9 @@ def get_layout(work: Path, st: Any, spec: str, time_limit: float | None) -> tupl
 
 
 def get_pack(work: Path, name: str, layout: Any, handle: Any) -> Path:
-    from coact.pipeline import pack
-    from runtime.pack import PackError, PackFile
+    from coact.pipeline import ensure_pack
 
-    path = work / "packs" / f"{name}.pack"
-    if path.exists():
-        try:
-            with PackFile(path) as pf:
-                if pf.layout_digest == layout.digest:
-                    return path
-        except PackError:
-            pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    log(f"packing {name} ({layout.solver}) -> {path}")
-    pack(handle, layout, path, progress=False)
-    return path
+    return ensure_pack(handle, layout, work / "packs" / f"{name}.pack", log=log)
 
 
 def fmt(x: Any, spec: str = ".2f") -> str:

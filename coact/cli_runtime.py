@@ -136,21 +136,9 @@ def device_profile(
 # ----------------------------------------------------------------------------------------------------- pipelines
 def _ensure_pack(name: str, layout: Any, model: Any, workdir: Path, log: Callable[[str], None]) -> Path:
     """workdir/packs/NAME.pack for `layout` (reused when it already holds exactly that layout)."""
-    from coact.pipeline import pack
-    from runtime.pack import PackError, PackFile
+    from coact.pipeline import ensure_pack
 
-    target = workdir / "packs" / f"{name}.pack"
-    if target.exists():
-        try:
-            with PackFile(target) as pf:
-                if pf.layout_digest == layout.digest:
-                    return target
-        except PackError:
-            pass
-    target.parent.mkdir(parents=True, exist_ok=True)
-    log(f"packing {name} layout -> {target}")
-    pack(model, layout, target, progress=False)
-    return target
+    return ensure_pack(model, layout, workdir / "packs" / f"{name}.pack", log=log)
 
 
 @app.command("pipelines")

@@ -143,6 +143,25 @@ def pack(model: str | Any, layout: Any, out: str | Path, *, bundle: str = "up-do
     return Path(out)
 
 
+def ensure_pack(model: str | Any, layout: Any, path: str | Path, *, log: Any = None, **kw: Any) -> Path:
+    """`path` holding `layout`'s pack: reused when the file there already holds exactly that layout (same digest),
+    else (re)written. Packs are ~100 MB each; benchmarks and `coact pipelines` call this to avoid re-packing."""
+    from runtime.pack import PackError, PackFile
+
+    path = Path(path)
+    if path.exists():
+        try:
+            with PackFile(path) as pf:
+                if pf.layout_digest == layout.digest:
+                    return path
+        except PackError:
+            pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if log is not None:
+        log(f"packing {layout.solver or 'layout'} -> {path}")
+    return pack(model, layout, path, progress=False, **kw)
+
+
 # ------------------------------------------------------------------------------------------------------------ demo
 @dataclass
 class DemoConfig:
