@@ -22,7 +22,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out_console = Console()
+# Off a terminal (logs, CI, pipes) rich would wrap tables at 80 columns; 140 keeps every column readable.
+out_console = Console() if Console().is_terminal else Console(width=140)
 err_console = Console(stderr=True)
 
 
