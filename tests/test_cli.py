@@ -174,3 +174,23 @@ def test_compare_solvers(smollm2_trace, tmp_path):
     assert rows["local-search"]["objective"] >= rows["ripple"]["objective"] > rows["identity"]["objective"]
     assert (tmp_path / "cmp" / "compare.png").stat().st_size > 0
     assert (tmp_path / "cmp" / "layouts" / "local-search.safetensors").exists()
+
+
+@pytest.mark.model
+@pytest.mark.disk
+def test_compare_real_replays_the_pipelines(smollm2_trace, tmp_path, direct_io_dir):
+    """`coact compare --real`: the solver comparison, then dense/llmflash/ripple/coact replayed on the disk."""
+    tr = smollm2_trace
+    run("stats", tr.path, "--out", tmp_path / "stats", "--stop", "384")
+    out = direct_io_dir / "cmp"
+    res = run("compare", "--stats", tmp_path / "stats", "--trace", tr.path, "--start", "384", "--stop", "448",
+              "--no-bound", "--real", "--repeats", "1", "--out", out)
+    assert "coact pipeline used layout" in res.output
+    real = {p["pipeline"]: p for p in json.loads((out / "real.json").read_text())["pipelines"]}
+    assert set(real) == {"dense", "llmflash", "ripple", "coact"}
+    for p in real.values():
+        assert p["n_tokens"] == 64
+        assert p["repeats_ms_per_token"] and all(ms > 0 for ms in p["repeats_ms_per_token"])
+    assert real["dense"]["mean_run_length"] == 1536.0  # whole layer regions
+    assert real["coact"]["reads_per_token"] < real["llmflash"]["reads_per_token"]
+    assert (out / "compare.json").exists() and (out / "compare.png").exists()
