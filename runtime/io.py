@@ -424,6 +424,12 @@ def _aligned_buffer(nbytes: int) -> tuple[mmap.mmap, memoryview]:
     return buf, memoryview(buf)
 
 
+def _aligned_slots(nbytes: int, depth: int) -> tuple[list[mmap.mmap], list[memoryview], int]:
+    """One aligned buffer per in-flight slot (queue-depth engines): buffers, their views, and the slot size."""
+    pairs = [_aligned_buffer(nbytes) for _ in range(depth)]
+    return [b for b, _ in pairs], [v for _, v in pairs], len(pairs[0][0])
+
+
 def _short_read(path: Path, off: int, n: int) -> OSError:
     return OSError(f"short read at offset {off}: fewer than {n} bytes ({path})")
 
@@ -479,11 +485,8 @@ class ThreadsEngine(Closing):
     def _grow(self, nbytes: int) -> None:
         if nbytes <= self._cap:
             return
-        pairs = [_aligned_buffer(nbytes) for _ in range(self.queue_depth)]
-        self._bufs = [b for b, _ in pairs]
-        self._views = [v for _, v in pairs]
-        self._iovs: list[dict[int, list[memoryview]]] = [{} for _ in pairs]  # per slot: size -> [view[:size]]
-        self._cap = len(self._bufs[0])
+        self._bufs, self._views, self._cap = _aligned_slots(nbytes, self.queue_depth)
+        self._iovs: list[dict[int, list[memoryview]]] = [{} for _ in self._bufs]  # per slot: size -> [view[:size]]
 
     def _worker(self, slot: int) -> None:
         go, done = self._go[slot], self._done[slot]
@@ -634,10 +637,7 @@ class UringEngine(Closing):
     def _grow(self, nbytes: int) -> None:
         if nbytes <= self._cap:
             return
-        pairs = [_aligned_buffer(nbytes) for _ in range(self.queue_depth)]
-        self._bufs = [b for b, _ in pairs]
-        self._views = [v for _, v in pairs]
-        self._cap = len(self._bufs[0])
+        self._bufs, self._views, self._cap = _aligned_slots(nbytes, self.queue_depth)
 
     def submit(self, offsets: Sequence[int] | np.ndarray, sizes: Sequence[int] | np.ndarray) -> None:
         n = len(sizes)
