@@ -87,27 +87,13 @@ def compare_solvers(
 
 
 def plot_solver_comparison(cmp: Comparison, path: str | Path) -> Path:
-    """Gap to the bound (lower is better) and held-out mean run length (higher is better) per solver."""
-    import matplotlib
+    """Gap to the bound (lower is better), held-out mean run length (higher is better) and solve time per solver."""
+    from coact.plots import Panel, bar_panels
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = [r["solver"] for r in cmp.rows]
-    fig, ax = plt.subplots(1, 3, figsize=(13, 3.8))
-    ax[0].bar(names, [r["gap_pct"] or 0 for r in cmp.rows], color="tab:red")
-    ax[0].set_ylabel("gap to LP bound (%)")
-    ax[0].set_title("placement objective (lower gap is better)")
-    ax[1].bar(names, [r["heldout_mean_run_length"] or 0 for r in cmp.rows], color="tab:blue")
-    ax[1].set_ylabel("bundles per read")
-    ax[1].set_title("held-out mean run length")
-    ax[2].bar(names, [r["solve_seconds"] for r in cmp.rows], color="tab:gray")
-    ax[2].set_yscale("log")
-    ax[2].set_ylabel("seconds (all layers)")
-    ax[2].set_title("solve time")
-    for a in ax:
-        a.tick_params(axis="x", rotation=35)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    rows = cmp.rows
+    return bar_panels([r["solver"] for r in rows], [
+        Panel([r["gap_pct"] for r in rows], "gap to LP bound (%)", "placement objective (lower gap is better)",
+              color="tab:red"),
+        Panel([r["heldout_mean_run_length"] for r in rows], "bundles per read", "held-out mean run length"),
+        Panel([r["solve_seconds"] for r in rows], "seconds (all layers)", "solve time", color="tab:gray", log=True),
+    ], path, rotation=35)

@@ -258,22 +258,11 @@ def run_demo(cfg: DemoConfig, *, progress: bool = True, log: Any = print) -> dic
 
 def plot_comparison(rows: list[dict[str, Any]], path: str | Path) -> Path:
     """Two bar charts: mean run length (higher is better) and real I/O ms/token (lower is better)."""
-    import matplotlib
+    from coact.plots import Panel, bar_panels
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = [r["solver"] for r in rows]
-    fig, ax = plt.subplots(1, 2, figsize=(9, 3.5))
-    ax[0].bar(names, [r["mean_run_length"] or 0 for r in rows], color="tab:blue")
-    ax[0].set_ylabel("mean run length (bundles/read)")
-    ax[0].set_title("held-out read-run length (higher is better)")
-    ax[1].bar(names, [r["io_ms_per_token_mean"] or 0 for r in rows], color="tab:orange")
-    ax[1].set_ylabel("I/O ms per token (O_DIRECT)")
-    ax[1].set_title("measured flash latency (lower is better)")
-    for a in ax:
-        a.tick_params(axis="x", rotation=20)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return bar_panels([r["solver"] for r in rows], [
+        Panel([r["mean_run_length"] for r in rows], "mean run length (bundles/read)",
+              "held-out read-run length (higher is better)"),
+        Panel([r["io_ms_per_token_mean"] for r in rows], "I/O ms per token (O_DIRECT)",
+              "measured flash latency (lower is better)", color="tab:orange"),
+    ], path)
