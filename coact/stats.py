@@ -35,7 +35,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from coact.bits import n_packed_bytes, unpack_bits
+from common.bits import n_packed_bytes, unpack_bits
 from coact.errors import CoactError
 
 FORMAT_NAME = "coact-stats"
@@ -350,7 +350,7 @@ def compute_stats(
     Args:
         trace_or_packed: a :class:`coact.trace.Trace` (anything with ``layer_packed(layer, start, stop)`` or
             ``packed(start, stop)``, ``n_layers``, ``n_neurons``, ``n_tokens``, ``meta``), or a raw bit-packed
-            uint8 array [T, L, ceil(N/8)] (little bit order, :mod:`coact.bits`).
+            uint8 array [T, L, ceil(N/8)] (little bit order, :mod:`common.bits`).
         n_neurons: N for a raw array (default: 8 * its last dimension); checked against a trace's ``n_neurons``.
         start, stop: token range (relative to the trace), default all tokens.
         chunk: tokens per matmul block; at most 2**24 so that float32 products stay exact.

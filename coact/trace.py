@@ -1,7 +1,7 @@
 """Activation traces: capture from a real model, store as a Hugging Face `datasets` dataset, read back fast.
 
 A trace has one row per token: `active` (uint8 [n_layers, ceil(N/8)], the bit-packed active set of every layer,
-see :mod:`coact.bits`), `token_id` and `pos` (index of the token in the corpus stream). Its metadata
+see :mod:`common.bits`), `token_id` and `pos` (index of the token in the corpus stream). Its metadata
 (`coact_trace.json` beside the arrow files) says what produced it: model id and shape, sparsifier with its
 thresholds, corpus spec and digest, token range and window size, achieved sparsity per layer.
 
@@ -23,7 +23,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from coact.bits import n_packed_bytes, pack_bits, unpack_bits
+from common.bits import n_packed_bytes, pack_bits, unpack_bits
 from coact.errors import TraceError
 
 META_FILE = "coact_trace.json"

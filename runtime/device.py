@@ -373,7 +373,7 @@ class CostModel:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the model as JSON (atomically)."""
-        from runtime._atomic import atomic_path
+        from common.atomic import atomic_path
 
         with atomic_path(path) as tmp:
             tmp.write_text(json.dumps(self.to_dict(), indent=1))

@@ -26,7 +26,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from runtime._atomic import atomic_path
+from common.atomic import atomic_path
 
 FORMAT_NAME = "coact-layout"
 FORMAT_VERSION = "1"

@@ -29,7 +29,7 @@ import numpy as np
 from runtime._closing import Closing
 
 from coact.progress import track
-from runtime._atomic import atomic_path
+from common.atomic import atomic_path
 from runtime.layout import Layout, perms_digest
 from runtime.planner import runs
 

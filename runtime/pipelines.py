@@ -154,7 +154,7 @@ def load_sets(layout: Layout, packed: np.ndarray, cache: Any, *, chunk: int = 25
     policies), so ``simulate(layout, load_sets(...))`` without a cache counts exactly what
     ``simulate(layout, packed, cache=...)`` counts, except ``active`` (which becomes the loaded count).
     """
-    from coact.bits import pack_bits, unpack_bits
+    from common.bits import pack_bits, unpack_bits
     from runtime.replay import load_run_lengths
 
     if cache is None:

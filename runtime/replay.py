@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from coact.bits import unpack_bits
+from common.bits import unpack_bits
 from coact.progress import make_progress
 from runtime.cache import Cache, NoCache
 from runtime.io import drop_page_cache, engine_queue_depth, filesystem_type, get_engine, has_o_direct
@@ -251,7 +251,7 @@ def simulate(
     layers), so latency fields are filled and ``config["latency"] == "modelled"``.
 
     Args:
-        packed_active: uint8 [T, L, ceil(N/8)] bit-packed active sets (little bit order, :mod:`coact.bits`).
+        packed_active: uint8 [T, L, ceil(N/8)] bit-packed active sets (little bit order, :mod:`common.bits`).
         n_neurons: the model's N (one int or one per layer); must match the layout.
         bundle_bytes: bytes per bundle (as in the pack file that would be read).
         collapse_gap: access-collapse threshold in bundles (0 = off), or ``"auto"`` (needs `cost_model`).

@@ -53,7 +53,7 @@ def sample_to_bool(sample: Any, n: int) -> np.ndarray:
     """bool [T, n] from a list of index arrays, a bool/0-1 array [T, n] or a packed uint8 array [T, ceil(n/8)]."""
     if isinstance(sample, np.ndarray) and sample.ndim == 2:
         if sample.dtype == np.uint8 and sample.shape[1] == (n + 7) // 8 and sample.shape[1] != n:
-            from coact.bits import unpack_bits
+            from common.bits import unpack_bits
 
             return unpack_bits(sample, n)
         if sample.shape[1] == n:

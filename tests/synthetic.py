@@ -23,7 +23,7 @@ from typing import Iterable
 import numpy as np
 import scipy.sparse as sp
 
-from coact.bits import pack_bits
+from common.bits import pack_bits
 from coact.graph import CoactGraph
 from coact.stats import CoactStats, compute_stats
 

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from runtime.cache import available_caches, get_cache
 from runtime.replay import load_run_lengths, simulate
 from runtime.layout import Layout
-from coact.bits import pack_bits
+from common.bits import pack_bits
 
 NL, NN = 3, 48
 BB = 100

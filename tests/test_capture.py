@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from coact.bits import unpack_bits
+from common.bits import unpack_bits
 from coact.corpus import load_text, token_windows, tokenize
 
 pytestmark = pytest.mark.model

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from coact.bits import pack_bits
+from common.bits import pack_bits
 from runtime.device import (
     Cell,
     CostModel,

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from coact.bits import pack_bits
+from common.bits import pack_bits
 from coact.errors import CoactError
 from coact.graph import CoactGraph, GraphError
 from coact.stats import CoactStats, compute_stats

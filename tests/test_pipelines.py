@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from coact.bits import pack_bits
+from common.bits import pack_bits
 from runtime.cache import get_cache
 from runtime.device import CostModel
 from runtime.layout import Layout, save_layout

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coact.bits import pack_bits
+from common.bits import pack_bits
 from runtime import io as rio
 from runtime.cache import available_caches, get_cache
 from runtime.io import DirectFile, DirectIOUnsupported, available_engines, direct_io_supported, get_engine
@@ -122,7 +122,7 @@ def test_simulate_counts_match_planner_per_token(small_pack):
     """The vectorised counting equals the per-set planner applied to each (token, layer) directly."""
     _, layout = small_pack
     packed = sparse_trace(T=12, seed=5)
-    from coact.bits import unpack_bits
+    from common.bits import unpack_bits
 
     act = unpack_bits(packed, N)
     bb, gap = 2304, 2

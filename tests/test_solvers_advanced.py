@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from coact.bits import pack_bits
+from common.bits import pack_bits
 from coact.graph import CoactGraph
 from solvers.base import SolverError, check_permutation, get_solver, objective
 from solvers.collapse import (
@@ -32,7 +32,7 @@ def planted():
 
 @pytest.fixture(scope="module")
 def planted_active(planted):
-    from coact.bits import unpack_bits
+    from common.bits import unpack_bits
 
     return unpack_bits(planted.packed[:, 0, :], planted.n)
 

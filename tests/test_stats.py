@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coact.bits import pack_bits, unpack_bits
+from common.bits import pack_bits, unpack_bits
 from coact.errors import CoactError
 from coact.stats import CoactStats, StatsError, compute_stats
 

@@ -3,7 +3,7 @@
 Why: a trace holds one active set per (token, layer). Stored as booleans that is N bytes; bit-packed it is N/8,
 which keeps a 20k-token trace of SmolLM2 (30 x 1536 neurons) at ~115 MB instead of ~920 MB, and numpy's
 `packbits`/`unpackbits` convert at memory speed. Bit order is little-endian within a byte (neuron i is bit i % 8 of
-byte i // 8), fixed here so every part of coact (trace, stats, runtime) agrees.
+byte i // 8), fixed here so every part of coact (trace, stats, runtime, solvers) agrees.
 """
 from __future__ import annotations
 
