@@ -1,6 +1,6 @@
 """Runtime benchmark: named pipelines on real O_DIRECT reads, and the runtime vs fio on the same read list.
 
-What it measures (DESIGN §6, issue "The runtime for real"):
+What it measures (docs/DESIGN.md §6, issue "The runtime for real"):
 
 1. SmolLM2-135M (30 layers x 1,536 neurons, d_model 576), all layers, CATS 90 % sparsity, fp16 ``up-down`` bundles
    (2,304 B). The corpus stream is captured once: tokens [0, P) are the *profiling* part (statistics, solvers,
@@ -50,7 +50,7 @@ def log(msg: str) -> None:
 
 
 def get_trace(work: Path, P: int, H: int) -> Any:
-    from coact.pipeline import capture
+    from coact.workflow import capture
     from coact.trace import Trace
 
     tdir = work / "trace"
@@ -83,7 +83,7 @@ def get_stats(work: Path, tr: Any, P: int) -> Any:
 
 
 def get_layout(work: Path, st: Any, spec: str, time_limit: float | None) -> tuple[Any, float]:
-    from coact.pipeline import solve_layouts
+    from coact.workflow import solve_layouts
     from runtime.layout import load_layout
 
     path = work / "layouts" / f"{spec}.safetensors"
@@ -98,7 +98,7 @@ def get_layout(work: Path, st: Any, spec: str, time_limit: float | None) -> tupl
 
 
 def get_pack(work: Path, name: str, layout: Any, handle: Any) -> Path:
-    from coact.pipeline import ensure_pack
+    from coact.workflow import ensure_pack
 
     return ensure_pack(handle, layout, work / "packs" / f"{name}.pack", log=log)
 
@@ -199,10 +199,11 @@ def main(argv: list[str] | None = None) -> int:
     a.results.mkdir(parents=True, exist_ok=True)
 
     from coact.models import load_model
-    from coact.pipeline import layout_objective
+    from coact.workflow import layout_objective
     from runtime.device import CostModel, cost_model_from_profile, plot_profile, profile_device
+    from runtime.direct import filesystem_type
+    from runtime.engines import engine_status
     from runtime.fio import compare_with_fio, fio_binary
-    from runtime.io import engine_status, filesystem_type
     from runtime.layout import Layout
     from runtime.pipelines import (
         budget_sweep,
@@ -301,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
                         collapse=coact_pipe["collapse_gap"])
         cache = make_cache(pipe, cmp["config"]["budget_bytes"], bb, st.freq)
         replay(packs["best"], layouts["best"], held[: a.fio_tokens], collapse_gap=coact_pipe["collapse_gap"],
-               engine="sync", cache=cache, progress=False, read_log=batches)
+               engine="sync", cache=cache, read_log=batches)
         runs = [("sync", 1), (a.engine, qd)]
         if engine_status("uring")[0]:
             runs.append(("uring", qd))

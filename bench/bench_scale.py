@@ -1,4 +1,4 @@
-"""Solve-time benchmark at scale (DESIGN §6): Ripple-greedy-quality placement of 32 layers x 16,384 neurons.
+"""Solve-time benchmark at scale (docs/DESIGN.md §6): Ripple-greedy-quality placement of 32 layers x 16,384 neurons.
 
 Synthetic co-activation graphs with planted structure (`tests/synthetic.planted_chain_graph`: hidden chains of 16
 neurons plus random noise partners; ~16k nodes, sparse). Reports per solver the total solve time over all layers,

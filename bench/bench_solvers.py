@@ -22,7 +22,7 @@ SOLVERS = ["path-cover", "local-search", "leiden+local-search", "ortools", "spec
 
 
 def trace_once(handle, corpus, out, **kw):
-    from coact.pipeline import capture
+    from coact.workflow import capture
     from coact.trace import Trace
 
     if (out / "coact_trace.json").exists():
@@ -41,7 +41,7 @@ def main() -> None:
 
     from coact.compare import compare_solvers, plot_solver_comparison
     from coact.models import load_model
-    from coact.pipeline import bundle_bytes, solve_layouts
+    from coact.workflow import bundle_bytes, solve_layouts
     from coact.stats import compute_stats
     from runtime.replay import simulate
 

@@ -5,11 +5,24 @@ read simulator (runtime.replay) together; this module only glues them, each numb
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+
+from coact.errors import CoactError
+from coact.flash import run_pipelines
+from coact.graph import layer_graph
+from coact.plots import Panel, bar_panels
+from coact.progress import track
+from coact.stats import CoactStats
+from coact.trace import Trace
+from coact.workflow import bundle_bytes, layout_objective, require, solve_layouts
+from runtime.replay import simulate
+from solvers import get_solver
+from solvers.bounds import adjacency_upper_bound, gap_to_bound
 
 BASELINES = ("identity", "random", "frequency", "ripple")
 
@@ -30,18 +43,14 @@ class Comparison:
                             for k, v in self.reports.items()}}
 
 
-def model_bound(stats: Any, *, progress: bool = True, time_limit: float | None = 60.0) -> list[float]:
+def model_bound(stats: CoactStats, *, progress: bool = True, time_limit: float | None = 60.0) -> list[float]:
     """Per-layer proven upper bound on the adjacency objective (solvers.bounds)."""
-    from coact.graph import CoactGraph
-    from coact.progress import track
-    from solvers.bounds import adjacency_upper_bound
-
-    return [float(adjacency_upper_bound(CoactGraph.from_stats(stats, l), time_limit=time_limit))
+    return [float(adjacency_upper_bound(layer_graph(stats, l), time_limit=time_limit))
             for l in track(range(stats.n_layers), description="upper bound (LP)", disable=not progress)]
 
 
 def compare_solvers(
-    stats: Any,
+    stats: CoactStats,
     heldout_packed: np.ndarray,
     solvers: Sequence[str],
     *,
@@ -55,10 +64,6 @@ def compare_solvers(
 ) -> Comparison:
     """Solve with every spec in `solvers` (baselines first), then score each layout on the profiling statistics
     (objective, gap to the bound) and on held-out tokens (simulated mean run length, reads/token, bytes read)."""
-    from coact.pipeline import layout_objective, solve_layouts
-    from runtime.replay import simulate
-    from solvers.bounds import gap_to_bound
-
     specs = list(dict.fromkeys([*BASELINES, *solvers]))
     bounds = model_bound(stats, progress=progress) if with_bound else []
     bound = float(sum(bounds)) if bounds else None
@@ -88,8 +93,6 @@ def compare_solvers(
 
 def plot_solver_comparison(cmp: Comparison, path: str | Path) -> Path:
     """Gap to the bound (lower is better), held-out mean run length (higher is better) and solve time per solver."""
-    from coact.plots import Panel, bar_panels
-
     rows = cmp.rows
     return bar_panels([r["solver"] for r in rows], [
         Panel([r["gap_pct"] for r in rows], "gap to LP bound (%)", "placement objective (lower gap is better)",
@@ -97,3 +100,58 @@ def plot_solver_comparison(cmp: Comparison, path: str | Path) -> Path:
         Panel([r["heldout_mean_run_length"] for r in rows], "bundles per read", "held-out mean run length"),
         Panel([r["solve_seconds"] for r in rows], "seconds (all layers)", "solve time", color="tab:gray", log=True),
     ], path, rotation=35)
+
+
+def best_solver(cmp: Comparison) -> str:
+    """The solver with the longest held-out mean run length (ties: larger objective)."""
+    return max(cmp.rows, key=lambda r: (r["heldout_mean_run_length"] or 0, r["objective"]))["solver"]
+
+
+def run_compare(
+    stats: str | Path,
+    trace: str | Path,
+    solvers: Sequence[str] = (),
+    *,
+    out: str | Path = "compare-out",
+    start: int = 0,
+    stop: int | None = None,
+    collapse: int = 0,
+    time_limit: float | None = None,
+    bound: bool = True,
+    bundle: str = "up-down",
+    dtype: str = "fp16",
+    seed: int = 0,
+    real: bool = False,
+    budget: float = 0.10,
+    repeats: int = 3,
+    model: str = "smollm2",
+    cost: str | Path | None = None,
+    progress: bool = True,
+    log: Any = None,
+) -> tuple[Comparison, dict[str, Any] | None]:
+    """`coact compare` as a function: the solver comparison on files (``out/compare.json``, ``out/compare.png``,
+    ``out/layouts/``) and, with ``real``, the named pipelines replayed on the disk with coact's pipeline using the
+    best solver found here (``out/real.json``). Returns (comparison, real result or None)."""
+    for s in solvers:
+        get_solver(s)
+    st = CoactStats.load(require(stats, "statistics"))
+    tr = Trace.load(require(trace, "trace"))
+    if st.meta.get("model_id") != tr.model_id or st.n_neurons != tr.n_neurons:
+        raise CoactError(f"statistics are for {st.meta.get('model_id')!r}, trace is from {tr.model_id!r}")
+    bb = bundle_bytes(bundle, dtype, int(tr.meta["d_model"]))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cmp = compare_solvers(st, tr.packed(start, stop), solvers, bundle_bytes=bb, collapse_gap=collapse, seed=seed,
+                          time_limit=time_limit, with_bound=bound, out_dir=out, progress=progress)
+    (out / "compare.json").write_text(json.dumps(cmp.to_dict(), indent=1, default=str))
+    plot_solver_comparison(cmp, out / "compare.png")
+    if not real:
+        return cmp, None
+    best = best_solver(cmp)
+    lay = out / "layouts"
+    result = run_pipelines(trace, start=start, stop=stop, layouts={"ripple": lay / "ripple.safetensors",
+                                                                     "best": lay / f"{best}.safetensors"},
+                           model=model, workdir=out, cost=cost, stats=stats, budget=budget, repeats=repeats,
+                           out=out / "real.json", log=log or (lambda m: None))
+    result["best_solver"] = best
+    return cmp, result

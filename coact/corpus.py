@@ -16,13 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydoc_data import topics
 
 from coact.errors import CorpusError
 
 
 def _pydoc_text() -> str:
-    from pydoc_data import topics
-
     return "\n\n".join(topics.topics[k] for k in sorted(topics.topics))
 
 

@@ -1,9 +1,16 @@
-"""One exception family for bad user input, so the CLI can turn any of them into a one-line error and exit 2."""
+"""User errors of the application side (models, corpora, traces, statistics), under the project's one root.
+
+Why: the CLI maps exactly :class:`common.errors.UserError` to ``error: ...`` and exit code 2; anything else is a bug
+and keeps its traceback. ``ValueError`` stays a second base so that library callers catching it keep working.
+"""
 from __future__ import annotations
 
+from common.errors import UserError
 
-class CoactError(ValueError):
-    """Base class of errors caused by bad input (missing files, wrong model, bad parameters)."""
+
+class CoactError(UserError, ValueError):
+    """Base class of errors caused by bad input on the application side (missing files, wrong model, bad
+    parameters)."""
 
 
 class ModelError(CoactError):

@@ -1,265 +1,50 @@
-"""The co-activation graph of one layer: neurons are nodes, co-activation counts are edge weights.
+"""The co-activation graph of one layer, built from statistics.
 
-Why a scipy CSR matrix is the core representation: solvers need three things from the graph — the edge list sorted
-by weight (Ripple's greedy, Wang et al. 2024), per-node neighbour lists (local search, path cover, spectral and RCM
-orderings) and sparse matrix algebra (Laplacians for spectral ordering, ``scipy.sparse.csgraph.reverse_cuthill_mckee``).
-CSR gives all three as flat numpy arrays (``indptr``/``indices``/``data``) that numba kernels consume directly,
-costs 12-16 bytes per stored pair, and scales to the synthetic 16,384-neuron layers of DESIGN §6 where a dense
-N x N float matrix (2 GB) or a Python object graph would not. networkx (readable reference algorithms, exact
-small-instance checks) and igraph (Leiden community detection, fast C routines) are *views* built on demand by
-:meth:`CoactGraph.to_networkx` / :meth:`CoactGraph.to_igraph`: convenient for the solvers that want them, never the
-source of truth.
-
-``counts`` is a ``scipy.sparse.csr_array`` (note: ``*`` is element-wise on sparse arrays; use ``@`` for matmul),
-int64, symmetric, with an empty diagonal (a neuron's own activation count is ``freq``, not a self-loop), canonical
-(sorted indices, no duplicates, no explicit zeros).
-
-Weight kinds (:meth:`CoactGraph.weights`), all defined on the stored edges only:
-
-- ``count``: c_ij, the number of tokens where i and j fire together (DESIGN §2 objective weight).
-- ``p``: P(ij) = c_ij / sum over unordered pairs {k, l} of c_kl — Ripple's co-activation share; sums to 1 over
-  the edges.
-- ``distance``: 1 - P(ij), Ripple's distance (smaller = place closer). Pairs that never co-activate are not stored
-  (their distance would be 1).
-- ``jaccard``: c_ij / (f_i + f_j - c_ij) — co-activation normalised by how often either fires, which discounts
-  pairs that are only frequent because both neurons are hot.
+Why this module is thin: the graph itself (:class:`solvers.graph.CoactGraph`) is the solvers' input format and lives
+in ``solvers/``, which never imports ``coact/`` (docs/ARCHITECTURE.md). What only the statistics side knows — how to
+cut one layer out of a :class:`coact.stats.CoactStats` and prune rare pairs — is :func:`layer_graph` here.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 
-from coact.errors import CoactError
+from solvers.graph import WEIGHT_KINDS, CoactGraph, GraphError
 
-if TYPE_CHECKING:  # pragma: no cover
-    import igraph
-    import networkx
-
-    from coact.stats import CoactStats
-
-WEIGHT_KINDS = ("count", "p", "distance", "jaccard")
+__all__ = ["WEIGHT_KINDS", "CoactGraph", "GraphError", "layer_graph"]
 
 
-class GraphError(CoactError):
-    """Malformed graph input (not square, not symmetric, negative counts, unknown weight kind)."""
+def layer_graph(stats: Any, layer: int, *, min_count: int = 1, block: int = 1024) -> CoactGraph:
+    """The graph of layer ``layer`` of ``stats``, keeping pairs with count >= ``min_count`` (>= 1).
 
-
-def _canonical_csr(m: Any, n: int) -> sp.csr_array:
-    """int64 CSR with sorted indices, no duplicates, no explicit zeros and no diagonal entries."""
-    a = sp.csr_array(m, shape=(n, n))
-    a.sum_duplicates()
-    d = a.data
-    if d.size and np.issubdtype(d.dtype, np.floating) and not np.all(d == np.round(d)):
-        raise GraphError("co-activation counts must be integers")
-    if d.dtype != np.int64 or (d.size and (np.any(d == 0) or np.any(a.diagonal() != 0))):
-        coo = a.tocoo()
-        keep = (coo.row != coo.col) & (coo.data != 0)
-        a = sp.csr_array((coo.data[keep].astype(np.int64), (coo.row[keep], coo.col[keep])), shape=(n, n))
-        a.sum_duplicates()
-    a.indptr = a.indptr.astype(np.int64, copy=False)
-    a.indices = a.indices.astype(np.int64, copy=False)
-    return a
-
-
-@dataclass(eq=False)  # arrays: identity equality
-class CoactGraph:
-    """Co-activation graph of one layer (see the module docstring for why CSR).
-
-    Attributes:
-        counts: ``scipy.sparse.csr_array`` int64 [n, n], symmetric, zero diagonal; ``counts[i, j]`` = tokens where
-            neurons i and j are both active.
-        freq: int64 [n]; tokens where neuron i is active.
-        n_tokens: tokens counted.
-        meta: free-form provenance (layer, model id, stats digest, ...).
-        n: number of neurons (property, ``counts.shape[0]``).
-
-    The constructor canonicalises ``counts`` (int64, sorted, no explicit zeros, diagonal dropped) and checks
-    symmetry; use :meth:`from_stats` or :meth:`from_dense` rather than building one by hand.
+    ``stats`` is duck-typed: ``stats.layer(l) -> (freq, dense_counts, n_tokens)`` (dense counts with the diagonal =
+    freq) and ``stats.meta`` (a dict). A larger ``min_count`` prunes rare pairs: they carry little signal (a pair
+    seen once in 20k tokens is noise) and dominate the edge count, so pruning speeds every solver. Rows are
+    sparsified in blocks of ``block`` so the temporary memory stays O(block x N) even for N = 16k.
     """
-
-    counts: sp.csr_array
-    freq: np.ndarray
-    n_tokens: int
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        shape = getattr(self.counts, "shape", None)
-        if shape is None or len(shape) != 2 or shape[0] != shape[1]:
-            raise GraphError(f"counts must be a square matrix, got shape {shape}")
-        n = int(shape[0])
-        self.counts = _canonical_csr(self.counts, n)
-        if self.counts.nnz and self.counts.data.min() < 0:
-            raise GraphError("co-activation counts must be non-negative")
-        if (self.counts != self.counts.T).nnz:
-            raise GraphError("co-activation counts must be symmetric")
-        self.freq = np.asarray(self.freq).astype(np.int64, copy=False).reshape(-1)
-        if self.freq.shape != (n,):
-            raise GraphError(f"freq has shape {self.freq.shape}, expected ({n},)")
-        self.n_tokens = int(self.n_tokens)
-        self.meta = dict(self.meta)
-
-    @property
-    def n(self) -> int:
-        return int(self.counts.shape[0])
-
-    @property
-    def n_edges(self) -> int:
-        """Number of unordered pairs with a non-zero count."""
-        return int(self.counts.nnz // 2)
-
-    # -- constructors --------------------------------------------------------------------------------------------
-
-    @classmethod
-    def from_stats(cls, stats: "CoactStats", layer: int, *, min_count: int = 1, block: int = 1024) -> "CoactGraph":
-        """The graph of layer ``layer`` of ``stats``, keeping pairs with count >= ``min_count`` (>= 1).
-
-        A larger ``min_count`` prunes rare pairs: they carry little signal (a pair seen once in 20k tokens is
-        noise) and dominate the edge count, so pruning speeds every solver. Rows are sparsified in blocks of
-        ``block`` so the temporary memory stays O(block x N) even for N = 16k.
-        """
-        if int(min_count) < 1:
-            raise GraphError(f"min_count must be >= 1, got {min_count}")
-        freq, dense, n_tokens = stats.layer(layer)
-        n = dense.shape[0]
-        indptr = np.zeros(n + 1, dtype=np.int64)
-        idx_parts: list[np.ndarray] = []
-        dat_parts: list[np.ndarray] = []
-        for r0 in range(0, n, block):
-            r1 = min(r0 + block, n)
-            sub = dense[r0:r1]
-            mask = sub >= int(min_count)
-            ar = np.arange(r1 - r0)
-            mask[ar, ar + r0] = False  # the diagonal is freq, not an edge
-            rows, cols = np.nonzero(mask)
-            idx_parts.append(cols.astype(np.int64))
-            dat_parts.append(sub[rows, cols].astype(np.int64))
-            indptr[r0 + 1 : r1 + 1] = np.cumsum(np.bincount(rows, minlength=r1 - r0))
-            indptr[r0 + 1 : r1 + 1] += indptr[r0]
-        indices = np.concatenate(idx_parts) if idx_parts else np.zeros(0, np.int64)
-        data = np.concatenate(dat_parts) if dat_parts else np.zeros(0, np.int64)
-        counts = sp.csr_array((data, indices, indptr), shape=(n, n))
-        meta = {k: stats.meta[k] for k in ("model_id", "sparsifier", "corpus") if k in stats.meta}
-        meta.update(layer=int(layer), min_count=int(min_count))
-        return cls(counts=counts, freq=np.array(freq, dtype=np.int64), n_tokens=n_tokens, meta=meta)
-
-    @classmethod
-    def from_dense(
-        cls,
-        counts: Any,
-        freq: Any | None = None,
-        n_tokens: int | None = None,
-        *,
-        meta: dict[str, Any] | None = None,
-    ) -> "CoactGraph":
-        """A graph from a symmetric count matrix (dense array-like or scipy sparse) — for tests and synthetic data.
-
-        Args:
-            counts: [n, n] non-negative integer counts, symmetric. The diagonal is not an edge.
-            freq: activation counts; default: the diagonal of ``counts`` if it has any non-zero entry, else the
-                row maxima (the smallest freq consistent with the counts, since f_i >= c_ij).
-            n_tokens: default: the largest freq (the smallest consistent value).
-        """
-        if sp.issparse(counts):
-            m = sp.csr_array(counts)
-            diag = np.asarray(m.diagonal())
-        else:
-            m = np.asarray(counts)
-            if m.ndim != 2 or m.shape[0] != m.shape[1]:
-                raise GraphError(f"counts must be a square matrix, got shape {m.shape}")
-            diag = np.diagonal(m).copy()
-        n = m.shape[0]
-        c = _canonical_csr(m, n)
-        if freq is None:
-            if np.any(diag != 0):
-                freq = diag
-            else:
-                freq = np.zeros(n, dtype=np.int64)
-                np.maximum.at(freq, np.repeat(np.arange(n), np.diff(c.indptr)), c.data)
-        freq = np.asarray(freq, dtype=np.int64).reshape(-1)
-        if n_tokens is None:
-            n_tokens = int(freq.max(initial=0))
-        return cls(counts=c, freq=freq, n_tokens=int(n_tokens), meta=dict(meta or {}))
-
-    # -- weights and views ---------------------------------------------------------------------------------------
-
-    def edges(self, kind: str = "count") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Each stored unordered pair once, as ``(u, v, w)`` with ``u < v`` (int64, int64, float64 / int64 for count).
-
-        Sorted by (u, v). ``kind="count"`` returns the integer counts; other kinds as in :meth:`weights`.
-        """
-        c = self.counts
-        rows = np.repeat(np.arange(self.n, dtype=np.int64), np.diff(c.indptr))
-        keep = rows < c.indices
-        u, v = rows[keep], c.indices[keep]
-        if kind == "count":
-            return u, v, c.data[keep].copy()
-        return u, v, self.weights(kind).data[keep]
-
-    def weights(self, kind: str = "count") -> sp.csr_array:
-        """Edge weights as a float64 CSR with the same sparsity pattern as ``counts`` (see the module docstring)."""
-        c = self.counts
-        d = c.data.astype(np.float64)
-        if kind == "count":
-            w = d
-        elif kind in ("p", "distance"):
-            total = d.sum() / 2.0  # each unordered pair is stored twice
-            p = d / total if total > 0 else d
-            w = p if kind == "p" else 1.0 - p
-        elif kind == "jaccard":
-            rows = np.repeat(np.arange(self.n), np.diff(c.indptr))
-            f = self.freq.astype(np.float64)
-            denom = f[rows] + f[c.indices] - d
-            w = d / np.maximum(denom, d)  # guards inconsistent input (f_i < c_ij) from dividing by <= 0
-        else:
-            raise GraphError(f"unknown weight kind {kind!r}; expected one of {', '.join(WEIGHT_KINDS)}")
-        return sp.csr_array((w, c.indices.copy(), c.indptr.copy()), shape=c.shape)
-
-    def to_networkx(self, kind: str = "count") -> "networkx.Graph":
-        """An undirected ``networkx.Graph`` on nodes 0..n-1 (isolated ones included), edge attribute ``weight``,
-        node attribute ``freq``."""
-        import networkx as nx
-
-        g = nx.Graph()
-        g.add_nodes_from((i, {"freq": int(f)}) for i, f in enumerate(self.freq))
-        u, v, w = self.edges(kind)
-        g.add_weighted_edges_from(zip(u.tolist(), v.tolist(), w.tolist()), weight="weight")
-        g.graph.update(n_tokens=self.n_tokens, kind=kind)
-        return g
-
-    def to_igraph(self, kind: str = "count") -> "igraph.Graph":
-        """An undirected ``igraph.Graph`` with n vertices, edge attribute ``weight`` and vertex attribute ``freq``."""
-        import igraph as ig
-
-        u, v, w = self.edges(kind)
-        g = ig.Graph(n=self.n, edges=np.column_stack([u, v]).tolist(), directed=False)
-        g.es["weight"] = w.tolist()
-        g.vs["freq"] = self.freq.tolist()
-        return g
-
-    def top_k(self, k: int, kind: str = "count") -> np.ndarray:
-        """Candidate neighbours for local search: int64 [n, k], row i = the k closest neighbours of i — largest
-        weight, or smallest for ``kind="distance"`` — ties by smaller id, padded with -1 when i has fewer than k
-        neighbours."""
-        k = int(k)
-        if k < 0:
-            raise GraphError(f"k must be >= 0, got {k}")
-        out = np.full((self.n, k), -1, dtype=np.int64)
-        c = self.counts
-        if k == 0 or c.nnz == 0:
-            return out
-        w = c.data if kind == "count" else self.weights(kind).data
-        if kind == "distance":
-            w = -w  # closest = smallest distance
-        rows = np.repeat(np.arange(self.n, dtype=np.int64), np.diff(c.indptr))
-        order = np.lexsort((c.indices, -w, rows))
-        rank = np.arange(order.size, dtype=np.int64) - c.indptr[rows[order]]
-        keep = rank < k
-        sel = order[keep]
-        out[rows[sel], rank[keep]] = c.indices[sel]
-        return out
-
-    def __repr__(self) -> str:
-        return f"CoactGraph(n={self.n}, edges={self.n_edges}, n_tokens={self.n_tokens})"
+    if int(min_count) < 1:
+        raise GraphError(f"min_count must be >= 1, got {min_count}")
+    freq, dense, n_tokens = stats.layer(layer)
+    n = dense.shape[0]
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    idx_parts: list[np.ndarray] = []
+    dat_parts: list[np.ndarray] = []
+    for r0 in range(0, n, block):
+        r1 = min(r0 + block, n)
+        sub = dense[r0:r1]
+        mask = sub >= int(min_count)
+        ar = np.arange(r1 - r0)
+        mask[ar, ar + r0] = False  # the diagonal is freq, not an edge
+        rows, cols = np.nonzero(mask)
+        idx_parts.append(cols.astype(np.int64))
+        dat_parts.append(sub[rows, cols].astype(np.int64))
+        indptr[r0 + 1 : r1 + 1] = np.cumsum(np.bincount(rows, minlength=r1 - r0))
+        indptr[r0 + 1 : r1 + 1] += indptr[r0]
+    indices = np.concatenate(idx_parts) if idx_parts else np.zeros(0, np.int64)
+    data = np.concatenate(dat_parts) if dat_parts else np.zeros(0, np.int64)
+    counts = sp.csr_array((data, indices, indptr), shape=(n, n))
+    meta = {k: stats.meta[k] for k in ("model_id", "sparsifier", "corpus") if k in stats.meta}
+    meta.update(layer=int(layer), min_count=int(min_count))
+    return CoactGraph(counts=counts, freq=np.array(freq, dtype=np.int64), n_tokens=n_tokens, meta=meta)

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from common.atomic import atomic_dir
 from coact.errors import ModelError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -165,26 +166,20 @@ def load_model(spec: str = "smollm2") -> ModelHandle:
 
 def _save_copy(model: Any, tok: Any, target: Path) -> None:
     """Write the loaded model as a transformers folder, atomically; a failure only costs speed next time."""
-    import shutil
-    import tempfile
-
-    tmp = target.parent / ".tmp-unused"
+    # The GGUF weights are already de-quantised to float32; only the marker says "gguf", and it blocks saving.
+    quantizer = getattr(model, "hf_quantizer", None)
+    qcfg = getattr(model.config, "quantization_config", None)
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
-        # The GGUF weights are already de-quantised to float32; only the marker says "gguf", and it blocks saving.
-        quantizer = getattr(model, "hf_quantizer", None)
-        qcfg = getattr(model.config, "quantization_config", None)
-        model.hf_quantizer = None
-        if qcfg is not None:
-            del model.config.quantization_config
-        try:
-            model.save_pretrained(str(tmp))
-        finally:
-            model.hf_quantizer = quantizer
+        with atomic_dir(target) as tmp:
+            model.hf_quantizer = None
             if qcfg is not None:
-                model.config.quantization_config = qcfg
-        tok.save_pretrained(str(tmp))
-        os.replace(tmp, target)
+                del model.config.quantization_config
+            try:
+                model.save_pretrained(str(tmp))
+            finally:
+                model.hf_quantizer = quantizer
+                if qcfg is not None:
+                    model.config.quantization_config = qcfg
+            tok.save_pretrained(str(tmp))
     except (OSError, ValueError, AttributeError):
-        shutil.rmtree(tmp, ignore_errors=True)
+        pass

@@ -11,7 +11,7 @@ The choice is made by the environment variable ``COACT_NOTEBOOK_DATA``:
   CATS 90 %). The co-activation statistics are not committed (dense counts of 30 layers x 1,536² neurons are
   283 MB); :func:`load_sample` recomputes them with :func:`coact.stats.compute_stats` in a few seconds and checks
   their digest against the one recorded in ``data/sample/manifest.json``.
-- ``model``: capture with the real model through :func:`coact.pipeline.capture`: P profiling tokens of ``pydoc``,
+- ``model``: capture with the real model through :func:`coact.workflow.capture`: P profiling tokens of ``pydoc``,
   the next H tokens as held-out text, and W tokens of ``../shared/corpora/wikitext2-test.txt``, both with the
   profiling trace's CATS thresholds. ``COACT_NOTEBOOK_TOKENS`` is ``P`` or ``P,H,W`` (default 8192,1024,2048).
   Traces are kept in ``$COACT_CACHE/notebook-data/`` and reused by later runs. If the WikiText-2 file is absent,
@@ -32,6 +32,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from coact.errors import CoactError
+from coact.models import cache_dir, load_model
+from coact.stats import compute_stats
+from coact.trace import Trace
+from coact.workflow import capture
 
 DATA_ENV = "COACT_NOTEBOOK_DATA"
 TOKENS_ENV = "COACT_NOTEBOOK_TOKENS"
@@ -84,8 +88,6 @@ def layer_stats(trace: Any, layers: Sequence[int] | None = None, *, start: int =
     ``trace.packed(...)[:, layers, :]`` so that simulations see the same layers. Counting only the layers an
     analysis needs keeps memory and time small (a full SmolLM2 statistics set is 30 dense 1,536² matrices).
     """
-    from coact.stats import compute_stats
-
     if layers is None:
         return compute_stats(trace, start=start, stop=stop, progress=progress)
     layers = [int(x) for x in layers]
@@ -104,8 +106,6 @@ def load_sample(*, layers: Sequence[int] | None = None, verify: bool = True) -> 
     digest must equal the one in ``data/sample/manifest.json`` (what ``coact stats data/sample/profile`` printed
     when the sample was made), so the sample is checked to be intact and counting to be reproducible.
     """
-    from coact.trace import Trace
-
     tr = Trace.load(sample_dir() / "profile")
     st = layer_stats(tr, layers)
     if verify and layers is None:
@@ -170,9 +170,6 @@ class NotebookData:
 
 
 def _load_or_capture(handle: Any, corpus: str, out: Path, **kw: Any) -> Any:
-    from coact.pipeline import capture
-    from coact.trace import Trace
-
     if (out / "coact_trace.json").is_file():
         return Trace.load(out)
     return capture(handle, corpus, out, **kw)
@@ -194,13 +191,11 @@ def load_notebook_data(mode: str | None = None, *, tokens: str | tuple[int, int,
                        out: str | Path | None = None, progress: bool = False) -> NotebookData:
     """The profiling, held-out and second-corpus traces for ``mode`` (default: ``$COACT_NOTEBOOK_DATA``).
 
-    In model mode, P profiling tokens of ``pydoc`` are captured with :func:`coact.pipeline.capture` into ``out``
+    In model mode, P profiling tokens of ``pydoc`` are captured with :func:`coact.workflow.capture` into ``out``
     (default ``$COACT_CACHE/notebook-data/...``), then the next H tokens (held out) and W tokens of WikiText-2, both
     with the profiling trace's CATS thresholds; (P, H, W) come from `tokens` (a tuple or ``"P,H,W"``, default
     ``$COACT_NOTEBOOK_TOKENS``, see :func:`token_budget`). Existing traces there are reused.
     """
-    from coact.trace import Trace
-
     m = data_mode(mode)
     notes: list[str] = []
     if m == "sample":
@@ -211,8 +206,6 @@ def load_notebook_data(mode: str | None = None, *, tokens: str | tuple[int, int,
         if other is None:
             notes.append("the sample has no second-corpus trace; cross-corpus comparisons are skipped")
         return NotebookData("sample", Trace.load(d / "profile"), Trace.load(d / "heldout"), other, notes=notes)
-
-    from coact.models import cache_dir, load_model
 
     P, H, W = tokens if isinstance(tokens, tuple) else token_budget(tokens)
     root = Path(out) if out is not None else cache_dir() / "notebook-data" / f"{MODEL_SPEC}-cats90-p{P}-h{H}-w{W}"
@@ -244,8 +237,6 @@ def ffn_weights_fn(data: NotebookData, layers: Sequence[int] | None = None, *, s
     sel = list(range(data.n_layers)) if layers is None else [int(x) for x in layers]
     N, d = data.n_neurons, data.d_model
     if data.model is not None:
-        from coact.models import load_model
-
         handle = load_model(data.model)
         return lambda j: handle.ffn_weights(sel[j])
 

@@ -19,6 +19,7 @@ from typing import Any, Callable, Protocol
 import numpy as np
 import torch
 
+from common.registry import Registry
 from coact.errors import CoactError
 
 
@@ -107,16 +108,18 @@ class TopK:
         return {"name": self.name, "sparsity": self.sparsity, "k": self.k}
 
 
-SPARSIFIERS: dict[str, Callable[..., Sparsifier]] = {
-    "relu": lambda sparsity=None, thresholds=None: Relu(),
-    "cats": lambda sparsity=0.9, thresholds=None: Cats(sparsity=sparsity, thresholds=thresholds),
-    "topk": lambda sparsity=0.9, thresholds=None: TopK(sparsity=sparsity),
-}
+SPARSIFIERS: Registry[Callable[..., Sparsifier]] = Registry("sparsifier")
+SPARSIFIERS.add("relu", lambda sparsity=None, thresholds=None: Relu(),
+                "act(gate(x)) > 0: the natural sparsity of ReLU models")
+SPARSIFIERS.add("cats", lambda sparsity=0.9, thresholds=None: Cats(sparsity=sparsity, thresholds=thresholds),
+                "|act(gate(x))| above a per-layer threshold calibrated to a target sparsity (CATS)")
+SPARSIFIERS.add("topk", lambda sparsity=0.9, thresholds=None: TopK(sparsity=sparsity),
+                "the k largest |act(gate(x))| per token (exact sparsity on every token)")
 
 
 def get_sparsifier(name: str, *, sparsity: float = 0.9, thresholds: list[float] | None = None) -> Sparsifier:
     """Build a sparsifier by name (`relu`, `cats`, `topk`)."""
     if name not in SPARSIFIERS:
-        raise CoactError(f"unknown sparsifier {name!r}; available: {', '.join(SPARSIFIERS)}")
+        raise CoactError(f"unknown sparsifier {name!r}; available: {', '.join(SPARSIFIERS.names())}")
     _check_sparsity(sparsity)
-    return SPARSIFIERS[name](sparsity=sparsity, thresholds=thresholds)
+    return SPARSIFIERS.create(name, sparsity=sparsity, thresholds=thresholds)

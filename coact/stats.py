@@ -3,11 +3,11 @@ together.
 
 Why these counts: every placement objective in coact is a function of them. Ripple / Neuralink (Wang et al.
 2024/2025) place neurons by the co-activation share P(ij) = count(i, j) / sum of all pair counts; "LLM in a flash"
-(Alizadeh et al. 2024) and Neuralink-S order by activation frequency; and DESIGN §2 shows that on the profiling trace
+(Alizadeh et al. 2024) and Neuralink-S order by activation frequency; and docs/DESIGN.md §2 shows that on the profiling trace
 the number of read runs equals sum|A| minus the sum of co-activation counts of adjacent positions. So the statistics
 are the complete sufficient summary of a profiling trace for placement: once computed, solvers never touch the trace.
 
-Why exact integers: objectives, upper bounds (DESIGN §6: "within 2 % of a proven upper bound") and the identity
+Why exact integers: objectives, upper bounds (docs/DESIGN.md §6: "within 2 % of a proven upper bound") and the identity
 runs = sum|A| - objective only hold exactly with exact counts; floating-point estimates would make the bound checks
 and the regression tests approximate.
 
@@ -16,27 +16,30 @@ X^T X is accumulated with BLAS (``ssyrk``, the symmetric rank-k update, half the
 entry is a count of tokens, and float32 represents every integer up to 2^24 exactly, so the float32 accumulator is
 exact as long as it has seen at most 2^24 tokens; it is flushed into an int64 accumulator before that (and
 ``chunk <= 2^24`` makes every single chunk exact). This runs at the
-machine's matmul throughput (DESIGN §6 asks for >= 70 %) instead of a Python loop over tokens.
+machine's matmul throughput (docs/DESIGN.md §6 asks for >= 70 %) instead of a Python loop over tokens.
 
-Files (DESIGN §3 "Stats"): a directory with ``stats.safetensors`` (``freq`` and ``layers.{l}.coact``; int32 when
+Files (docs/DESIGN.md §3 "Stats"): a directory with ``stats.safetensors`` (``freq`` and ``layers.{l}.coact``; int32 when
 every count fits, else int64) and ``meta.json`` (format name/version, n_tokens, shape, digest, the trace metadata).
-Written atomically (temp dir next to the target, then rename) and validated on load against the content digest.
+Written atomically (:func:`common.atomic.atomic_dir`) and validated on load against the content digest.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 
+from scipy.linalg import blas
+from safetensors.numpy import load_file, save_file
+
+from common.atomic import atomic_dir
 from common.bits import n_packed_bytes, unpack_bits
 from coact.errors import CoactError
+from coact.progress import make_progress, track
 
 FORMAT_NAME = "coact-stats"
 FORMAT_VERSION = 1
@@ -114,7 +117,7 @@ class CoactStats:
     def digest(self) -> str:
         """sha256 (hex) over the shape, n_tokens and all counts as little-endian int64.
 
-        Why: layouts record the digest of the stats they were solved on (DESIGN §3), and :meth:`load` detects
+        Why: layouts record the digest of the stats they were solved on (docs/DESIGN.md §3), and :meth:`load` detects
         corruption with it. It depends only on the counts, not on the on-disk dtype or the metadata.
         """
         h = hashlib.sha256()
@@ -165,8 +168,6 @@ class CoactStats:
         The files are written into a temporary directory next to the target and renamed into place, so a crash
         never leaves a half-written ``path`` (an existing ``path`` is replaced only once the new one is complete).
         """
-        from safetensors.numpy import save_file
-
         target = Path(path)
         if target.exists() and not target.is_dir():
             raise StatsError(f"{target} exists and is not a directory")
@@ -187,32 +188,15 @@ class CoactStats:
             "dtype": np.dtype(store).name,
             "meta": self.meta,
         }
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-        try:
+        with atomic_dir(target) as tmp:
             save_file(tensors, str(tmp / TENSORS_FILE), metadata={"format": FORMAT_NAME, "digest": digest})
             with open(tmp / META_FILE, "w") as f:
                 json.dump(header, f, indent=2, default=_json_default)
-                f.flush()
-                os.fsync(f.fileno())
-            _fsync_path(tmp / TENSORS_FILE)
-            old = None
-            if target.exists():
-                # rename() cannot replace a non-empty directory: move the old one aside first, then swap.
-                old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-                os.replace(target, old / "x")
-            os.replace(tmp, target)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-            _fsync_path(target.parent)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return target
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> "CoactStats":
         """Read statistics written by :meth:`save`; raise :class:`StatsError` if missing, malformed or corrupt."""
-        from safetensors.numpy import load_file
 
         root = Path(path)
         if not root.is_dir():
@@ -266,19 +250,6 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"{type(o).__name__} is not JSON serialisable")
 
 
-def _fsync_path(p: Path) -> None:
-    try:
-        fd = os.open(p, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 # -- counting ------------------------------------------------------------------------------------------------------
 
 
@@ -291,15 +262,6 @@ def _syrk(x: np.ndarray, buf: np.ndarray, *, accumulate: bool) -> np.ndarray:
     if x.shape[0] == 0 or x.shape[1] == 0:
         if not accumulate:
             buf[:] = 0
-        return buf
-    try:
-        from scipy.linalg import blas
-    except Exception:  # pragma: no cover - scipy without BLAS wrappers
-        g = x.T @ x
-        if accumulate:
-            buf += g
-        else:
-            buf[:] = g
         return buf
     return blas.ssyrk(1.0, x.T, beta=1.0 if accumulate else 0.0, c=buf, trans=0, lower=0, overwrite_c=1)
 
@@ -360,8 +322,6 @@ def compute_stats(
         :class:`CoactStats` with exact int64 counts; ``meta`` copies the trace metadata (``n_layers`` and
         ``n_neurons`` for a raw array) and adds ``token_range = [start, stop]`` (relative to the trace).
     """
-    from coact.progress import make_progress, track
-
     chunk = int(chunk)
     if not 1 <= chunk <= MAX_EXACT_CHUNK:
         raise StatsError(f"chunk must be in [1, 2**24] for exact float32 counting, got {chunk}")

@@ -20,19 +20,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+import datasets
 import numpy as np
 import torch
 
+from common.atomic import atomic_path
 from common.bits import n_packed_bytes, pack_bits, unpack_bits
+from coact.corpus import token_windows
 from coact.errors import TraceError
+from coact.progress import make_progress
+from coact.sparsify import get_sparsifier
 
 META_FILE = "coact_trace.json"
 FORMAT = {"format": "coact-trace", "version": 1}
 
 
 def _features(n_layers: int, nb: int) -> Any:
-    import datasets
-
     return datasets.Features(
         {
             "active": datasets.Array2D(shape=(n_layers, nb), dtype="uint8"),
@@ -59,7 +62,7 @@ def capture_activations(handle: Any) -> Iterator[list[list[torch.Tensor]]]:
             h.remove()
 
 
-def _forward(handle: Any, windows: list[np.ndarray], batch: int = 4) -> list[torch.Tensor]:
+def forward_activations(handle: Any, windows: list[np.ndarray], batch: int = 4) -> list[torch.Tensor]:
     """Run windows and return per-layer activations [T, N] in window order.
 
     Consecutive windows of equal length run as one batch (bigger matmuls, ~1.5x faster on CPU); windows are
@@ -106,12 +109,7 @@ def capture_trace(
     progress: bool = True,
 ) -> "Trace":
     """Capture a trace of tokens [start, start + n) of `stream` into `out` (resumable; see module docstring)."""
-    import datasets
-
     datasets.disable_progress_bars()
-    from coact.corpus import token_windows
-    from coact.progress import make_progress
-    from coact.sparsify import get_sparsifier
 
     out = Path(out)
     if out.exists():
@@ -129,8 +127,9 @@ def capture_trace(
         partial.mkdir(parents=True, exist_ok=True)
         if sp.needs_calibration:
             calib = token_windows(stream, config.token_start, min(config.calib_tokens, config.n_tokens), config.ctx)
-            sp.calibrate(_forward(handle, calib))
-        run_file.write_text(json.dumps({"config": config.to_dict(), "sparsifier": sp.params()}))
+            sp.calibrate(forward_activations(handle, calib))
+        with atomic_path(run_file) as tmp_run:
+            tmp_run.write_text(json.dumps({"config": config.to_dict(), "sparsifier": sp.params()}))
 
     # Shards are groups of whole windows, so the shard boundaries depend only on the config.
     per_shard = max(1, config.shard_tokens // config.ctx)
@@ -144,7 +143,7 @@ def capture_trace(
             n_shard = sum(len(w) for w in shard)
             sdir = partial / f"shard_{k:05d}"
             if not (sdir / "done").exists():
-                acts = _forward(handle, shard)
+                acts = forward_activations(handle, shard)
                 masks = np.stack([sp.mask(layer, a).numpy() for layer, a in enumerate(acts)], axis=1)  # [T, L, N]
                 ds = datasets.Dataset.from_dict(
                     {
@@ -200,8 +199,6 @@ class Trace:
 
     @classmethod
     def load(cls, path: str | Path) -> "Trace":
-        import datasets
-
         p = Path(path)
         mf = p / META_FILE
         if not mf.is_file():

@@ -37,8 +37,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
+from scipy.optimize import nnls
 
-from runtime.io import ALIGN, DirectFile, drop_page_cache, filesystem_type, has_o_direct
+from common.atomic import atomic_path
+from common.progress import ProgressFn
+from runtime.direct import ALIGN, DirectFile, drop_page_cache, filesystem_type, has_o_direct
+from runtime.errors import DeviceError
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -198,7 +202,7 @@ def profile_device(
     seq_chunk: int = 4 * MiB,
     seq_bytes: int = 256 * MiB,
     seed: int = 0,
-    progress: bool = False,
+    progress: ProgressFn | None = None,
     log: Callable[[str], None] | None = None,
 ) -> DeviceProfile:
     """Measure O_DIRECT random-read latency and throughput for every (size, queue depth) on the file at `path`.
@@ -214,39 +218,48 @@ def profile_device(
         seq_chunk / seq_bytes: request size and span of the sequential-bandwidth measurement (at queue depths 1, 4
             and the largest of `queue_depths`, two passes over the same span each; the peak is kept: on a virtual
             disk the second pass may come from the host's cache, which is also what replays of a pack see).
+        progress: called as ``progress("device profile", cells_done, cells_total)`` (None: silent).
     """
     for s in sizes:
         if int(s) <= 0 or int(s) % ALIGN:
-            raise ValueError(f"read sizes must be positive multiples of {ALIGN}, got {s}")
+            raise DeviceError(f"read sizes must be positive multiples of {ALIGN}, got {s}")
     if any(int(q) < 1 for q in queue_depths):
-        raise ValueError("queue depths must be >= 1")
+        raise DeviceError("queue depths must be >= 1")
     if int(file_bytes) < max(int(s) for s in sizes) + ALIGN:
-        raise ValueError("file_bytes must exceed the largest read size")
+        raise DeviceError("file_bytes must exceed the largest read size")
     p = ensure_test_file(path, file_bytes, seed=seed, log=log)
     fsize = p.stat().st_size
     rng = np.random.default_rng(seed)
     cells: list[Cell] = []
-    from coact.progress import make_progress
+    seq_depths = sorted({1, 4, max(int(x) for x in queue_depths)})
+    total = len(sizes) * len(queue_depths) + len(seq_depths)
+    done = 0
 
-    with DirectFile(p) as f, make_progress(disable=not progress) as prog:
+    def advance() -> None:
+        nonlocal done
+        if progress is not None:
+            progress("device profile", done, total)
+        done += 1
+
+    with DirectFile(p) as f:
         fd = f.fileno()
         if not has_o_direct(fd):  # pragma: no cover - DirectFile always opens with O_DIRECT
             raise RuntimeError("profile file was not opened with O_DIRECT")
-        task = prog.add_task("device profile", total=len(sizes) * len(queue_depths) + 3)
+        advance()
         drop_page_cache(p)
         for q in queue_depths:
             for s in sizes:
                 cells.append(_cell(fd, fsize, int(s), int(q), int(reads_per_cell), float(seconds_per_cell), rng))
-                prog.advance(task)
+                advance()
         seq_cells = []
         chunk = min(int(seq_chunk), fsize // 2 // ALIGN * ALIGN) or ALIGN
-        for q in sorted({1, 4, max(int(x) for x in queue_depths)}):
+        for q in seq_depths:
             drop_page_cache(p)
             # two passes over the same span, the best kept: the peak the guest can see (a virtual disk may be
             # cached by its host, and a replay re-reads the same pack file token after token)
             passes = [_sequential(fd, fsize, chunk=chunk, qd=q, total=int(seq_bytes)) for _ in range(2)]
             seq_cells.append({"queue_depth": q, "chunk": chunk, "throughput": max(passes), "passes": passes})
-            prog.advance(task)
+            advance()
     meta = {
         "path": str(p), "file_bytes": fsize, "fs": filesystem_type(p), "o_direct": True,
         "sizes": [int(s) for s in sizes], "queue_depths": [int(q) for q in queue_depths],
@@ -266,8 +279,6 @@ def _fit_line(x: np.ndarray, t: np.ndarray, *, outlier: float = 0.5) -> tuple[fl
     cells whose time is more than `outlier` (50 %) off the line are dropped and the line is refitted, as long as two
     distinct sizes remain.
     """
-    from scipy.optimize import nnls
-
     def solve(xx: np.ndarray, tt: np.ndarray) -> tuple[float, float]:
         w = 1.0 / np.maximum(tt, 1e-12)
         sol, _ = nnls(np.column_stack([w, w * xx]), np.ones_like(tt))
@@ -361,31 +372,32 @@ class CostModel:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "CostModel":
-        if d.get("format") != FORMAT_NAME:
-            raise ValueError(f"not a coact cost model (format {d.get('format')!r})")
+        if not isinstance(d, dict) or d.get("format") != FORMAT_NAME:
+            raise DeviceError(f"not a coact cost model (format {d.get('format') if isinstance(d, dict) else None!r})")
         if int(d.get("version", -1)) != FORMAT_VERSION:
-            raise ValueError(f"unsupported cost model version {d.get('version')!r}")
+            raise DeviceError(f"unsupported cost model version {d.get('version')!r}")
         qs = [int(q) for q in d["queue_depths"]]
         lists = ("per_request_s", "per_byte_s", "latency_a_s", "latency_b_s")
         if not qs or qs != sorted(set(qs)) or any(len(d[k]) != len(qs) for k in lists):
-            raise ValueError("cost model: queue_depths must be increasing and every list must match them")
+            raise DeviceError("cost model: queue_depths must be increasing and every list must match them")
         return cls(qs, *[[float(x) for x in d[k]] for k in lists], float(d["seq_bandwidth"]), dict(d.get("meta", {})))
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the model as JSON (atomically)."""
-        from common.atomic import atomic_path
-
         with atomic_path(path) as tmp:
             tmp.write_text(json.dumps(self.to_dict(), indent=1))
         return Path(path)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> "CostModel":
-        """Read a model written by :meth:`save` (raises ValueError with the file name on a bad file)."""
+        """Read a model written by :meth:`save` (raises :class:`DeviceError` naming the file on a bad or missing
+        file)."""
         try:
             return cls.from_dict(json.loads(Path(path).read_text()))
-        except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"{path}: {' '.join(str(e).split())}") from None
+        except (KeyError, TypeError, ValueError) as e:  # DeviceError is a ValueError: the file name is added
+            raise DeviceError(f"{path}: {' '.join(str(e).split())}") from None
+        except OSError as e:
+            raise DeviceError(f"{path}: cannot read cost model ({e.strerror or e})") from None
 
     @classmethod
     def synthetic(cls, *, per_request_s: float = 100e-6, per_byte_s: float = 1 / 1e9,
@@ -406,7 +418,7 @@ def fit_cost_model(cells: Sequence[Cell | dict[str, Any]], seq_bandwidth: float 
     """
     rows = [asdict(c) if isinstance(c, Cell) else dict(c) for c in cells]
     if not rows:
-        raise ValueError("no cells to fit")
+        raise DeviceError("no cells to fit")
     by_q: dict[int, list[dict[str, Any]]] = {}
     for r in rows:
         by_q.setdefault(int(r["queue_depth"]), []).append(r)
@@ -416,7 +428,7 @@ def fit_cost_model(cells: Sequence[Cell | dict[str, Any]], seq_bandwidth: float 
         rs = by_q[q]
         x = np.array([float(r["size"]) for r in rs])
         if np.unique(x).size < 2:
-            raise ValueError(f"queue depth {q}: need at least two distinct read sizes to fit a + b * bytes")
+            raise DeviceError(f"queue depth {q}: need at least two distinct read sizes to fit a + b * bytes")
         ai, bi = _fit_line(x, np.array([float(r["per_request_s"]) for r in rs]))
         li, lj = _fit_line(x, np.array([float(r.get("latency_mean_s", r["per_request_s"])) for r in rs]))
         a.append(ai)
@@ -450,7 +462,7 @@ def plot_profile(profile: DeviceProfile | CostModel, path: str | os.PathLike[str
         cells = [Cell(**c) for c in profile.meta.get("cells", [])]
         seq = profile.seq_bandwidth
         if not cells:
-            raise ValueError("this cost model does not carry its measured cells; plot the profile instead")
+            raise DeviceError("this cost model does not carry its measured cells; plot the profile instead")
     else:
         cells, seq = profile.cells, profile.seq_bandwidth
     fig, ax = plt.subplots(figsize=(6.5, 4))

@@ -2,7 +2,7 @@
 
 Why: a replay measures the disk through our Python engines; if an engine were slow, every placement would look
 I/O-bound for the wrong reason. fio (Axboe's Flexible I/O tester) replaying the *same* requests in the *same* order
-at the *same* queue depth with O_DIRECT is the yardstick: DESIGN §6 asks that a replay issue a read list at
+at the *same* queue depth with O_DIRECT is the yardstick: docs/DESIGN.md §6 asks that a replay issue a read list at
 >= 80 % of fio's speed on the same list.
 
 - :func:`write_iolog`: fio's trace format v2 ("fio version 2 iolog"; fio(1), section TRACE FILE FORMAT): the file is
@@ -31,7 +31,10 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from runtime.io import drop_page_cache, get_engine
+from runtime.direct import drop_page_cache
+from runtime.engines import get_engine
+from runtime.errors import FioError
+from runtime.report import spread
 
 IOLOG_HEADER = "fio version 2 iolog"
 
@@ -65,7 +68,7 @@ def write_iolog(path: str | os.PathLike[str], target: str | os.PathLike[str], of
         raise ValueError("offsets must be >= 0 and sizes > 0")
     name = str(Path(target).resolve())
     if any(c.isspace() for c in name):
-        raise ValueError(f"fio iologs cannot name a file with white space: {name!r}")
+        raise FioError(f"fio iologs cannot name a file with white space: {name!r}")
     lines = [IOLOG_HEADER, f"{name} add", f"{name} open"]
     lines.extend(f"{name} read {a} {b}" for a, b in zip(o.tolist(), s.tolist()))
     lines.append(f"{name} close")
@@ -78,7 +81,7 @@ def read_iolog(path: str | os.PathLike[str]) -> tuple[str, np.ndarray, np.ndarra
     """Parse an iolog v2 written by :func:`write_iolog`: (target, offsets, sizes)."""
     lines = Path(path).read_text().splitlines()
     if not lines or lines[0].strip() != IOLOG_HEADER:
-        raise ValueError(f"{path}: not a fio v2 iolog (first line {lines[0] if lines else ''!r})")
+        raise FioError(f"{path}: not a fio v2 iolog (first line {lines[0] if lines else ''!r})")
     target = None
     offs: list[int] = []
     sizes: list[int] = []
@@ -90,9 +93,9 @@ def read_iolog(path: str | os.PathLike[str]) -> tuple[str, np.ndarray, np.ndarra
             offs.append(int(parts[2]))
             sizes.append(int(parts[3]))
         elif parts:
-            raise ValueError(f"{path}: unexpected iolog line {ln!r}")
+            raise FioError(f"{path}: unexpected iolog line {ln!r}")
     if target is None:
-        raise ValueError(f"{path}: iolog names no file")
+        raise FioError(f"{path}: iolog names no file")
     return target, np.asarray(offs, dtype=np.int64), np.asarray(sizes, dtype=np.int64)
 
 
@@ -103,14 +106,15 @@ def run_fio(iolog: str | os.PathLike[str], *, queue_depth: int = 1, ioengine: st
     `ioengine` defaults to ``psync`` at depth 1 and ``libaio`` above (both with ``--direct=1``).
     Returns a dict: ``seconds`` (fio's job runtime), ``reads``, ``bytes``, ``iops``, ``bandwidth`` (bytes/s),
     ``lat_mean_us``, ``command``, ``wall_s`` (the whole fio process, start-up included).
-    Raises RuntimeError if fio is missing or fails, or if it issued a different number of reads than expected.
+    Raises :class:`runtime.errors.FioError` if fio is missing or fails, or if it issued a different number of reads
+    than expected.
     """
     exe = fio_binary()
     if exe is None:
-        raise RuntimeError("fio is not installed (apt-get install -y fio)")
+        raise FioError("fio is not installed (apt-get install -y fio)")
     q = int(queue_depth)
     if q < 1:
-        raise ValueError("queue_depth must be >= 1")
+        raise FioError(f"queue_depth must be >= 1, got {q}")
     engine = ioengine or ("psync" if q == 1 else "libaio")
     cmd = [exe, "--name=coact-replay", f"--read_iolog={Path(iolog).resolve()}", f"--ioengine={engine}",
            f"--iodepth={q}", "--direct=1", "--replay_no_stall=1", "--output-format=json"]
@@ -119,14 +123,14 @@ def run_fio(iolog: str | os.PathLike[str], *, queue_depth: int = 1, ioengine: st
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         msg = " ".join((proc.stderr or proc.stdout).split())[:400]
-        raise RuntimeError(f"fio failed (exit {proc.returncode}): {msg}")
+        raise FioError(f"fio failed (exit {proc.returncode}): {msg}")
     out = proc.stdout
     doc = json.loads(out[out.index("{"):])  # fio may print notes before the JSON
     job = doc["jobs"][0]
     rd = job["read"]
     reads = int(rd.get("total_ios", 0))
     if expect_reads is not None and reads != int(expect_reads):
-        raise RuntimeError(f"fio issued {reads} reads, the iolog holds {expect_reads}")
+        raise FioError(f"fio issued {reads} reads, the iolog holds {expect_reads}")
     seconds = float(rd.get("runtime", 0)) / 1e3
     return {
         "seconds": seconds,
@@ -189,7 +193,7 @@ def compare_with_fio(
     bl = [([int(x) for x in o], [int(x) for x in s]) for o, s in batches if len(s)]
     offs, sizes = flatten_reads(bl)
     if offs.size == 0:
-        raise ValueError("empty read list")
+        raise FioError("empty read list: the trace range issues no reads")
     runs: dict[str, list[float]] = {"runtime_batched_s": [], "runtime_flat_s": [], "fio_s": []}
     fio_info: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="coact-fio-", dir=workdir) as d:
@@ -203,9 +207,6 @@ def compare_with_fio(
             fio_info = run_fio(log, queue_depth=queue_depth, ioengine=fio_engine, expect_reads=int(offs.size))
             runs["fio_s"].append(fio_info["seconds"])
 
-    def stats(xs: list[float]) -> dict[str, float]:
-        return {"min": float(np.min(xs)), "median": float(np.median(xs)), "max": float(np.max(xs))}
-
     med = {k: float(np.median(v)) for k, v in runs.items()}
     return {
         "engine": engine,
@@ -216,7 +217,7 @@ def compare_with_fio(
         "batches": len(bl),
         "repeats": int(repeats),
         "runs": runs,
-        **{k: stats(v) for k, v in runs.items()},
+        **{k: spread(v) for k, v in runs.items()},
         "runtime_over_fio": med["runtime_flat_s"] / med["fio_s"] if med["fio_s"] > 0 else None,
         "batched_over_fio": med["runtime_batched_s"] / med["fio_s"] if med["fio_s"] > 0 else None,
         "fio_command": fio_info.get("command"),

@@ -1,7 +1,7 @@
 """Layout files: the per-layer neuron placements that coact produces and users export.
 
-A layout holds, for every FFN layer, a permutation `perm` with `perm[position] = neuron` (DESIGN §2). It is the
-product of the solvers and the input of the packer and the runtime, so it lives in one self-describing file that
+A layout holds, for every FFN layer, a permutation `perm` with `perm[position] = neuron` (docs/DESIGN.md §2). It is
+the product of the solvers and the input of the packer and the runtime, so it lives in one self-describing file that
 can be checked before use: a placement that is not a bijection, or was made for another model, would silently
 scramble weights at inference time.
 
@@ -25,16 +25,16 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from safetensors import safe_open
+from safetensors.numpy import save_file
 
 from common.atomic import atomic_path
+from common.perm import check_permutation
+from runtime.errors import LayoutError
 
 FORMAT_NAME = "coact-layout"
 FORMAT_VERSION = "1"
 EXPORT_FORMATS = ("json", "csv", "npz")
-
-
-class LayoutError(ValueError):
-    """A layout that is malformed, corrupt, or does not fit the model it is used with (one-line message)."""
 
 
 def _now_iso() -> str:
@@ -59,28 +59,14 @@ def _json_default(obj: Any) -> Any:
 
 
 def check_perm(perm: np.ndarray, n: int | None = None, *, layer: int | None = None) -> np.ndarray:
-    """Return `perm` as int64 if it is a permutation of range(len(perm)) (of length `n` if given), else raise.
+    """Return `perm` as int64 if it is a permutation of range(len(perm)) (of length `n` if given), else raise
+    :class:`LayoutError`.
 
-    Why a bincount and not a sort: O(N), and it also tells bijection from "right length, repeated entries".
+    Why the shared check (:func:`common.perm.check_permutation`): solvers, layout files and pack files must agree on
+    what a valid placement is; a perm with a repeated or missing neuron would make a pack skip neurons silently.
     """
-    where = f"layer {layer}: " if layer is not None else ""
-    arr = np.asarray(perm)
-    if arr.ndim != 1:
-        raise LayoutError(f"{where}perm must be 1-D, got shape {arr.shape}")
-    if arr.size and not np.issubdtype(arr.dtype, np.integer):
-        raise LayoutError(f"{where}perm must hold integers, got dtype {arr.dtype}")
-    arr = arr.astype(np.int64, copy=False)
-    if n is not None and arr.size != int(n):
-        raise LayoutError(f"{where}perm has {arr.size} entries, expected {int(n)}")
-    if arr.size:
-        lo, hi = int(arr.min()), int(arr.max())
-        if lo < 0 or hi >= arr.size:
-            raise LayoutError(f"{where}perm is not a permutation: values span [{lo}, {hi}] for N={arr.size}")
-        counts = np.bincount(arr, minlength=arr.size)
-        if not np.all(counts == 1):
-            dup = int(np.flatnonzero(counts > 1)[0])
-            raise LayoutError(f"{where}perm is not a permutation: neuron {dup} appears {int(counts[dup])} times")
-    return arr
+    what = f"layer {layer} perm" if layer is not None else "perm"
+    return check_permutation(perm, n, what=what, error=LayoutError)
 
 
 def perms_digest(perms: Sequence[np.ndarray]) -> str:
@@ -198,11 +184,11 @@ def _short(sizes: list[int]) -> str:
 def _sizes(n_neurons: int | Sequence[int], n_layers: int | None) -> list[int]:
     if isinstance(n_neurons, (int, np.integer)):
         if n_layers is None:
-            raise ValueError("n_layers is required when n_neurons is a single int")
+            raise LayoutError("n_layers is required when n_neurons is a single int")
         return [int(n_neurons)] * int(n_layers)
     sizes = [int(n) for n in n_neurons]
     if n_layers is not None and len(sizes) != n_layers:
-        raise ValueError(f"{len(sizes)} layer sizes given for {n_layers} layers")
+        raise LayoutError(f"{len(sizes)} layer sizes given for {n_layers} layers")
     return sizes
 
 
@@ -211,8 +197,6 @@ def _sizes(n_neurons: int | Sequence[int], n_layers: int | None) -> list[int]:
 
 def save_layout(layout: Layout, path: str | os.PathLike[str]) -> Path:
     """Write `layout` as a safetensors file (tensors `layers.{l}.perm` int32, string metadata), atomically."""
-    from safetensors.numpy import save_file
-
     for i, p in enumerate(layout.perms):
         if p.size > np.iinfo(np.int32).max:
             raise LayoutError(f"layer {i}: {p.size} neurons do not fit the int32 perm tensor")
@@ -291,8 +275,6 @@ def load_layout(
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, Any], dict[int, np.ndarray]]:
-    from safetensors import safe_open
-
     try:
         with safe_open(str(path), framework="np") as f:
             meta = dict(f.metadata() or {})

@@ -26,10 +26,10 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from runtime._closing import Closing
-
-from coact.progress import track
 from common.atomic import atomic_path
+from common.progress import ProgressFn, tracked
+from runtime._closing import Closing
+from runtime.errors import PackError
 from runtime.layout import Layout, perms_digest
 from runtime.planner import runs
 
@@ -42,10 +42,6 @@ _MAX_HEADER = 64 << 20
 BUNDLES: dict[str, tuple[str, ...]] = {"up-down": ("up", "down"), "gate-up-down": ("gate", "up", "down")}
 DTYPES: dict[str, np.dtype] = {"fp16": np.dtype("<f2"), "fp32": np.dtype("<f4")}
 _WRITE_CHUNK = 8 << 20  # bytes of bundles assembled in memory at a time
-
-
-class PackError(ValueError):
-    """A pack file that is foreign, truncated, inconsistent or does not match the layout (one-line message)."""
 
 
 def _align(n: int, a: int = ALIGN) -> int:
@@ -132,7 +128,7 @@ def write_pack(
     bundle: str = "up-down",
     dtype: str = "fp16",
     d_model: int,
-    progress: bool = True,
+    progress: ProgressFn | None = None,
 ) -> Path:
     """Write the pack file of `layout` at `path`, atomically (temp file in the same directory, then rename).
 
@@ -143,6 +139,7 @@ def write_pack(
         bundle: ``"up-down"`` or ``"gate-up-down"``.
         dtype: ``"fp16"`` or ``"fp32"`` (weights are cast, round to nearest).
         d_model: hidden size (the length of every part).
+        progress: called as ``progress("pack", layers_done, n_layers)`` (None: silent).
     """
     if bundle not in BUNDLES:
         raise PackError(f"unknown bundle schema {bundle!r}; choose one of {', '.join(BUNDLES)}")
@@ -161,8 +158,7 @@ def write_pack(
         f.seek(header["perm_offset"])
         for perm in layout.perms:
             f.write(np.ascontiguousarray(perm, dtype="<i4").tobytes())
-        layers = track(range(layout.n_layers), description="pack", disable=not progress)
-        for layer in layers:
+        for layer in tracked(range(layout.n_layers), progress, "pack"):
             n = layout.n_neurons[layer]
             w = weights_fn(layer)
             _check_weights(w, layer, parts, n, d)
@@ -197,7 +193,7 @@ def write_pack(
 class PackFile(Closing):
     """A validated pack file, read with ordinary (buffered) preads.
 
-    The runtime's timed reads go through :mod:`runtime.io` (O_DIRECT) using :meth:`layer_offset` and
+    The runtime's timed reads go through :mod:`runtime.engines` (O_DIRECT) using :meth:`layer_offset` and
     :attr:`bundle_bytes`; this class is for checking what a pack holds and getting weights back exactly.
     """
 

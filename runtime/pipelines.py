@@ -1,11 +1,12 @@
 """Named, reproducible pipelines (layout + cache + collapse + engine) and their side-by-side real comparison.
 
 Why named pipelines: a number like "3x faster" means nothing unless both sides are fixed, complete configurations
-run on the same trace, the same DRAM budget, the same disk and the same engine (DESIGN §5). Each pipeline here is
-one such configuration; :func:`compare_real` replays them interleaved on one held-out trace and reports the
-metrics of DESIGN §2 plus the physical limit.
+run on the same trace, the same DRAM budget, the same disk and the same engine (docs/DESIGN.md §5). Each pipeline
+here is one such configuration; :func:`compare_real` replays them interleaved on one held-out trace and reports the
+metrics of docs/DESIGN.md §2 plus the physical limit.
 
-The pipelines (DESIGN §5):
+The pipelines (docs/DESIGN.md §5), registered in :data:`PIPELINES` with the layout each needs (``.layout``,
+see :func:`required_layouts`):
 
 - ``dense``: every layer's whole FFN region read sequentially (1 MiB requests), no sparsity, no cache: what
   running the model from flash without any predictor costs.
@@ -35,12 +36,18 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
+from rich.table import Table
 
-from runtime.cache import available_caches, get_cache
-from runtime.io import drop_page_cache
+from common.bits import pack_bits, unpack_bits
+from common.progress import ProgressFn
+from common.registry import Registry
+from runtime.caches import DYNAMIC_POLICIES, available_caches, get_cache, load_masks
+from runtime.direct import drop_page_cache
+from runtime.errors import PipelineError
 from runtime.layout import Layout
 from runtime.pack import PackFile
-from runtime.replay import replay, resolve_collapse, simulate
+from runtime.replay import replay, simulate
+from runtime.report import rich_table, spread
 
 DEFAULT_BUDGET_FRACTION = 0.10
 DEFAULT_ENGINE = "threads"
@@ -55,7 +62,7 @@ class Pipeline:
     Attributes:
         name: registry name.
         layout: key into the `layouts` / `packs` mappings (``identity`` is always available as a layout).
-        cache: cache policy name (:mod:`runtime.cache`); ``none`` for no cache.
+        cache: cache policy name (:mod:`runtime.caches`); ``none`` for no cache; ``auto`` for coact's choice.
         cache_params: extra policy parameters (``freq`` for pinned policies is supplied by the caller).
         collapse: access-collapse gap in bundles or ``"auto"`` (cost model break-even).
         engine: I/O engine name; queue_depth: requests in flight.
@@ -79,29 +86,55 @@ class Pipeline:
         return d
 
 
-PIPELINES: dict[str, Pipeline] = {
-    "dense": Pipeline("dense", "identity", dense=True,
-                      note="whole FFN regions read sequentially (no sparsity)"),
-    "llmflash": Pipeline("llmflash", "identity", cache="window", cache_params={"k": 5}, collapse=0,
-                         note="LLM in a flash: original order, window cache k=5, no collapse, parallel reads"),
-    "ripple": Pipeline("ripple", "ripple", cache="ripple", collapse="auto",
-                       note="Ripple: greedy co-activation layout, collapse at break-even, run-aware S3-FIFO"),
-    "coact": Pipeline("coact", "best", cache="auto", collapse="auto",
-                      note="coact: best layout; cache and collapse chosen by simulation on the profiling trace"),
-}
+#: name -> :class:`Pipeline` (the registry holds the configurations themselves; the description is `note`).
+PIPELINES: Registry = Registry("pipeline")
+_ORDER: list[str] = []  # registration order: the order comparisons run and report in
+
+
+def register_pipeline(pipeline: Pipeline) -> Pipeline:
+    """Add `pipeline` under its name (a taken name is refused: :class:`common.errors.RegistryError`)."""
+    PIPELINES.add(pipeline.name, pipeline, pipeline.note)
+    _ORDER.append(pipeline.name)
+    return pipeline
+
+
+register_pipeline(Pipeline("dense", "identity", dense=True,
+                           note="whole FFN regions read sequentially (no sparsity)"))
+register_pipeline(Pipeline("llmflash", "identity", cache="window", cache_params={"k": 5}, collapse=0,
+                           note="LLM in a flash: original order, window cache k=5, no collapse, parallel reads"))
+register_pipeline(Pipeline("ripple", "ripple", cache="ripple", collapse="auto",
+                           note="Ripple: greedy co-activation layout, collapse at break-even, run-aware S3-FIFO"))
+register_pipeline(Pipeline("coact", "best", cache="auto", collapse="auto",
+                           note="coact: best layout; cache and collapse chosen by simulation on the profiling trace"))
 
 
 def available_pipelines() -> list[str]:
-    return list(PIPELINES)
+    """Registered pipeline names, in registration order (dense, llmflash, ripple, coact, then any added)."""
+    return list(_ORDER)
 
 
 def get_pipeline(name: str, **overrides: Any) -> Pipeline:
-    """A registered pipeline, optionally with fields overridden (e.g. ``engine="uring", queue_depth=32``)."""
+    """A registered pipeline, optionally with fields overridden (e.g. ``engine="uring", queue_depth=32``).
+
+    Raises :class:`common.errors.RegistryError` for an unknown name and :class:`PipelineError` for an unknown field.
+    """
+    p: Pipeline = PIPELINES.get(name)
+    if not overrides:
+        return p
     try:
-        p = PIPELINES[name]
-    except KeyError:
-        raise ValueError(f"unknown pipeline {name!r}; available: {', '.join(PIPELINES)}") from None
-    return replace(p, **overrides) if overrides else p
+        return replace(p, **overrides)
+    except TypeError as e:
+        raise PipelineError(f"bad override for pipeline {name!r}: {e}") from None
+
+
+def required_layouts(names: Sequence[str | Pipeline]) -> dict[str, str]:
+    """{pipeline name: the layout key it reads} (``identity``, ``ripple``, ``best`` ...), so a front end knows which
+    layouts or packs to ask for without restating it."""
+    out: dict[str, str] = {}
+    for item in names:
+        p = item if isinstance(item, Pipeline) else get_pipeline(item)
+        out[p.name] = p.layout
+    return out
 
 
 def ffn_bytes(layout: Layout, bundle_bytes: int) -> int:
@@ -110,8 +143,9 @@ def ffn_bytes(layout: Layout, bundle_bytes: int) -> int:
 
 
 def budget_bytes_for(layout: Layout, bundle_bytes: int, fraction: float) -> int:
+    """The DRAM budget in bytes for a fraction of all FFN bytes (the one budget every pipeline gets)."""
     if not 0.0 <= float(fraction) <= 1.0:
-        raise ValueError(f"budget fraction must be in [0, 1], got {fraction}")
+        raise PipelineError(f"budget fraction must be in [0, 1], got {fraction}")
     return int(float(fraction) * ffn_bytes(layout, bundle_bytes))
 
 
@@ -126,7 +160,7 @@ def make_cache(pipeline: Pipeline, budget_bytes: int, bundle_bytes: int, freq: n
     params = dict(pipeline.cache_params)
     if _needs_freq(pipeline.cache):
         if freq is None:
-            raise ValueError(f"pipeline {pipeline.name!r} uses cache {pipeline.cache!r}, which needs activation "
+            raise PipelineError(f"pipeline {pipeline.name!r} uses cache {pipeline.cache!r}, which needs activation "
                              f"frequencies (freq[L, N] from the profiling statistics)")
         params["freq"] = freq
     return get_cache(pipeline.cache, budget_bytes, bundle_bytes, **params)
@@ -137,7 +171,7 @@ def make_cache(pipeline: Pipeline, budget_bytes: int, bundle_bytes: int, freq: n
 
 def coact_candidates() -> list[tuple[str, dict[str, Any]]]:
     """(policy, params) pairs :func:`choose_coact` tries."""
-    dyn = [c for c in ("lru", "s3fifo", "window", "ripple") if c in available_caches()]
+    dyn = [c for c in DYNAMIC_POLICIES if c in available_caches()]
     out: list[tuple[str, dict[str, Any]]] = [("none", {})]
     out += [(c, {}) for c in dyn]
     out.append(("pinned", {}))
@@ -154,27 +188,15 @@ def load_sets(layout: Layout, packed: np.ndarray, cache: Any, *, chunk: int = 25
     policies), so ``simulate(layout, load_sets(...))`` without a cache counts exactly what
     ``simulate(layout, packed, cache=...)`` counts, except ``active`` (which becomes the loaded count).
     """
-    from common.bits import pack_bits, unpack_bits
-    from runtime.replay import load_run_lengths
-
     if cache is None:
         return np.array(packed, copy=True)
     out = np.zeros_like(np.asarray(packed))
     L = layout.n_layers
-    wants_runs = bool(getattr(cache, "wants_runs", False))
     for a in range(0, packed.shape[0], chunk):
         block = np.asarray(packed[a : a + chunk])
         Tc = block.shape[0]
         active = [unpack_bits(block[:, l, :], layout.n_neurons[l]) for l in range(L)]
-        load = [np.zeros_like(x) for x in active]
-        for t in range(Tc):
-            for l in range(L):
-                s = cache.filter(l, np.flatnonzero(active[l][t]))
-                if wants_runs:
-                    cache.admit(l, s, load_run_lengths(layout.inverses[l], s))
-                else:
-                    cache.admit(l, s)
-                load[l][t, s] = True
+        load = load_masks(cache, active, range(L), layout.inverses)
         for l in range(L):
             bits = pack_bits(load[l])
             out[a : a + Tc, l, : bits.shape[1]] = bits
@@ -235,7 +257,7 @@ def choose_coact(
             if best is None or key < best:
                 best = key
     if best is None:
-        raise ValueError("no coact candidate could be simulated")
+        raise PipelineError("no coact candidate could be simulated (pinned policies need freq)")
     win = rows[best[1]]
     pipe = Pipeline("coact", "best", cache=win["cache"], cache_params=win["params"], collapse=win["collapse"],
                     queue_depth=queue_depth,
@@ -245,13 +267,6 @@ def choose_coact(
 
 
 # ---------------------------------------------------------------------------------------------- real comparison
-
-
-def _stats(xs: Sequence[float | None]) -> dict[str, float | None]:
-    v = [float(x) for x in xs if x is not None]
-    if not v:
-        return {"min": None, "median": None, "max": None}
-    return {"min": float(np.min(v)), "median": float(np.median(v)), "max": float(np.max(v))}
 
 
 def _pack_info(path: str | os.PathLike[str]) -> tuple[int, Layout]:
@@ -289,7 +304,7 @@ def resolve_pipelines(
         p = replace(p, **over) if over else p
         if p.cache == "auto":
             if p.layout not in layouts:
-                raise ValueError(f"pipeline {p.name!r} needs layout {p.layout!r}; given: {', '.join(layouts)}")
+                raise PipelineError(f"pipeline {p.name!r} needs layout {p.layout!r}; given: {', '.join(layouts)}")
             if profile_packed is not None and cost_model is not None:
                 chosen, rows = choose_coact(layouts[p.layout], profile_packed, bundle_bytes=bundle_bytes,
                                             budget_bytes=budget_bytes, cost_model=cost_model, freq=freq,
@@ -302,7 +317,7 @@ def resolve_pipelines(
                             collapse="auto" if cost_model is not None else 0)
                 notes[p.name] = {"selection": f"fixed fallback ({policy}); no profiling trace or cost model given"}
         if p.collapse == "auto" and cost_model is None:
-            raise ValueError(f"pipeline {p.name!r} uses collapse 'auto', which needs a device cost model")
+            raise PipelineError(f"pipeline {p.name!r} uses collapse 'auto', which needs a device cost model")
         out.append(p)
     return out, notes
 
@@ -320,7 +335,7 @@ def compare_real(
     profile_packed: np.ndarray | None = None,
     engine: str | None = None,
     queue_depth: int | None = None,
-    progress: bool = False,
+    progress: ProgressFn | None = None,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Replay every pipeline on the same held-out trace with real O_DIRECT reads, interleaved, `repeats` times.
@@ -338,13 +353,14 @@ def compare_real(
         freq: int [L, N] activation counts of the profiling trace (pinned policies).
         profile_packed: profiling tokens for coact's choice (see :func:`choose_coact`).
         engine / queue_depth: override every pipeline's engine / depth.
+        progress: passed to every :func:`runtime.replay.replay` (None: silent).
 
     Returns a plain dict: ``config`` (budget, repeats, tokens, cost model summary), ``pipelines`` (one dict per
     pipeline: its configuration, counts, I/O ms/token mean/p50/p99 as min/median/max over repeats, reads/token,
     bytes read, effective bandwidth, hit rate, physical limit), and ``notes`` (coact's selection).
     """
     if not packs:
-        raise ValueError("no pack files given")
+        raise PipelineError("no pack files given")
     lays: dict[str, Layout] = dict(layouts or {})
     bbs = {}
     for key, path in packs.items():
@@ -352,7 +368,7 @@ def compare_real(
         bbs[key] = bb
         lays.setdefault(key, lay)
     if len(set(bbs.values())) != 1:
-        raise ValueError(f"pack files have different bundle sizes: {bbs}")
+        raise PipelineError(f"pack files have different bundle sizes: {bbs}")
     bb = next(iter(bbs.values()))
     ref = next(iter(lays.values()))
     if "identity" not in lays:
@@ -363,7 +379,7 @@ def compare_real(
                                      engine=engine, queue_depth=queue_depth, log=log)
     for p in pipes:
         if p.layout not in packs:
-            raise ValueError(f"pipeline {p.name!r} needs a pack for layout {p.layout!r}; given: {', '.join(packs)}")
+            raise PipelineError(f"pipeline {p.name!r} needs a pack for layout {p.layout!r}; given: {', '.join(packs)}")
     reports: dict[str, list[Any]] = {p.name: [] for p in pipes}
     T = int(heldout_packed.shape[0])
     for r in range(int(repeats)):
@@ -394,14 +410,14 @@ def compare_real(
             sim_ms = sim.latency_ms_mean
         limit_ms = (cost_model.physical_limit_s(first.bytes_requested_per_token or 0.0) * 1e3
                     if cost_model is not None else None)
-        mean = _stats([x.latency_ms_mean for x in reps])
+        mean = spread([x.latency_ms_mean for x in reps])
         rows.append({
             "pipeline": p.name,
             "config": {**p.describe(), "collapse_gap": first.config["collapse_gap"],
                        "cache_config": first.config["cache"]},
             "n_tokens": T,
-            "io_ms_per_token": {"mean": mean, "p50": _stats([x.latency_ms_p50 for x in reps]),
-                                "p99": _stats([x.latency_ms_p99 for x in reps])},
+            "io_ms_per_token": {"mean": mean, "p50": spread([x.latency_ms_p50 for x in reps]),
+                                "p99": spread([x.latency_ms_p99 for x in reps])},
             "reads_per_token": first.reads_per_token,
             "runs_per_token": first.runs_per_token,
             "mean_run_length": first.mean_run_length,
@@ -410,8 +426,8 @@ def compare_real(
             "bytes_read": first.bytes_read,
             "overread": first.overread,
             "hit_rate": first.hit_rate,
-            "effective_bandwidth": _stats([x.effective_bandwidth for x in reps]),
-            "read_bandwidth": _stats([x.read_bandwidth for x in reps]),
+            "effective_bandwidth": spread([x.effective_bandwidth for x in reps]),
+            "read_bandwidth": spread([x.read_bandwidth for x in reps]),
             "model_ms_per_token": sim_ms,
             "limit_ms_per_token": limit_ms,
             "ratio_to_limit": (mean["median"] / limit_ms if limit_ms and mean["median"] is not None else None),
@@ -435,30 +451,34 @@ def speedups(result: dict[str, Any], reference: str = "coact") -> dict[str, floa
     return {k: (v / ref if ref and v is not None else None) for k, v in by.items() if k != reference}
 
 
-def comparison_table(result: dict[str, Any]) -> Any:
-    """A rich Table of :func:`compare_real`'s result (one row per pipeline)."""
-    from rich.table import Table
+def _f(x: Any, spec: str = ".2f") -> str:
+    return "-" if x is None else format(x, spec)
 
+
+def comparison_rows(result: dict[str, Any]) -> tuple[str, list[str], list[list[str]]]:
+    """(title, columns, one formatted row per pipeline) of :func:`compare_real`'s result: plain data for any front
+    end (:func:`comparison_table` wraps it in a rich Table)."""
     cfg = result["config"]
-    t = Table(title=f"real O_DIRECT replay: {cfg['n_tokens']} held-out tokens, DRAM budget "
-                    f"{100 * cfg['budget_fraction']:.0f} % ({cfg['budget_bytes'] / 2**20:.1f} MiB), "
-                    f"{cfg['repeats']} repeats (min/median/max)")
-    for col in ("pipeline", "ms/token mean", "p50", "p99", "reads/token", "KiB read/token", "hit rate",
-                "eff. MB/s", "limit ms", "x limit"):
-        t.add_column(col, justify="right")
-
-    def f(x: Any, spec: str = ".2f") -> str:
-        return "-" if x is None else format(x, spec)
-
+    title = (f"real O_DIRECT replay: {cfg['n_tokens']} held-out tokens, DRAM budget "
+             f"{100 * cfg['budget_fraction']:.0f} % ({cfg['budget_bytes'] / 2**20:.1f} MiB), "
+             f"{cfg['repeats']} repeats (min/median/max)")
+    cols = ["pipeline", "ms/token mean", "p50", "p99", "reads/token", "KiB read/token", "hit rate", "eff. MB/s",
+            "limit ms", "x limit"]
+    rows = []
     for r in result["pipelines"]:
         m = r["io_ms_per_token"]
-        t.add_row(r["pipeline"], f"{f(m['mean']['median'])} [{f(m['mean']['min'])}-{f(m['mean']['max'])}]",
-                  f(m["p50"]["median"]), f(m["p99"]["median"]), f(r["reads_per_token"], ".1f"),
-                  f((r["bytes_read_per_token"] or 0) / 1024, ".0f"),
-                  f(None if r["hit_rate"] is None else 100 * r["hit_rate"], ".1f"),
-                  f((r["effective_bandwidth"]["median"] or 0) / 1e6, ".0f"), f(r["limit_ms_per_token"], ".3f"),
-                  f(r["ratio_to_limit"], ".2f"))
-    return t
+        rows.append([r["pipeline"], f"{_f(m['mean']['median'])} [{_f(m['mean']['min'])}-{_f(m['mean']['max'])}]",
+                     _f(m["p50"]["median"]), _f(m["p99"]["median"]), _f(r["reads_per_token"], ".1f"),
+                     _f((r["bytes_read_per_token"] or 0) / 1024, ".0f"),
+                     _f(None if r["hit_rate"] is None else 100 * r["hit_rate"], ".1f"),
+                     _f((r["effective_bandwidth"]["median"] or 0) / 1e6, ".0f"), _f(r["limit_ms_per_token"], ".3f"),
+                     _f(r["ratio_to_limit"], ".2f")])
+    return title, cols, rows
+
+
+def comparison_table(result: dict[str, Any]) -> Table:
+    """A rich Table of :func:`comparison_rows` (one row per pipeline)."""
+    return rich_table(*comparison_rows(result))
 
 
 # ------------------------------------------------------------------------------------------------- budget sweep
@@ -515,7 +535,7 @@ def _modelled(pipelines: Sequence[str | Pipeline], heldout_packed: np.ndarray, *
               **_: Any) -> dict[str, Any]:
     """Like :func:`compare_real` but simulated with the cost model (no disk reads)."""
     if cost_model is None:
-        raise ValueError("a modelled sweep needs a device cost model")
+        raise PipelineError("a modelled sweep needs a device cost model")
     lays: dict[str, Layout] = dict(layouts or {})
     bb = None
     for key, path in packs.items():
@@ -543,20 +563,21 @@ def _modelled(pipelines: Sequence[str | Pipeline], heldout_packed: np.ndarray, *
             "pipelines": rows, "notes": notes}
 
 
-def sweep_table(sweep: dict[str, Any]) -> Any:
-    """A rich Table: one row per pipeline, one column per budget fraction (median ms/token)."""
-    from rich.table import Table
-
+def sweep_rows(sweep: dict[str, Any]) -> tuple[str, list[str], list[list[str]]]:
+    """(title, columns, rows) of a budget sweep: one row per pipeline, one column per budget fraction (median
+    ms/token); plain data for any front end (:func:`sweep_table` wraps it in a rich Table)."""
     fr = sweep["fractions"]
-    t = Table(title="I/O ms/token vs DRAM budget (median over repeats)")
-    t.add_column("pipeline")
-    for f in fr:
-        t.add_column(f"{100 * f:g} %", justify="right")
-    names = list(dict.fromkeys(r["pipeline"] for r in sweep["rows"]))
-    for n in names:
+    cols = ["pipeline", *[f"{100 * f:g} %" for f in fr]]
+    rows = []
+    for n in dict.fromkeys(r["pipeline"] for r in sweep["rows"]):
         vals = {r["fraction"]: r["ms_per_token"] for r in sweep["rows"] if r["pipeline"] == n}
-        t.add_row(n, *[("-" if vals.get(f) is None else f"{vals[f]:.2f}") for f in fr])
-    return t
+        rows.append([n, *[("-" if vals.get(f) is None else f"{vals[f]:.2f}") for f in fr]])
+    return "I/O ms/token vs DRAM budget (median over repeats)", cols, rows
+
+
+def sweep_table(sweep: dict[str, Any]) -> Table:
+    """A rich Table of :func:`sweep_rows`."""
+    return rich_table(*sweep_rows(sweep), first_left=True)
 
 
 def plot_budget_sweep(sweep: dict[str, Any], path: str | os.PathLike[str]) -> Path:

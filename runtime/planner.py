@@ -1,6 +1,6 @@
 """Read planning: from the flash positions a token needs to the byte ranges the disk is asked for.
 
-Three steps, each a pure vectorised numpy function (DESIGN §2):
+Three steps, each a pure vectorised numpy function (docs/DESIGN.md §2):
 
 1. :func:`runs` - maximal blocks of consecutive positions (what a placement is judged by).
 2. :func:`plan_reads` - *access collapse* (Ripple): two neighbouring runs become one read when at most `gap`
@@ -12,10 +12,15 @@ Each step also has a *batched* form (``batch_*``) that plans many (token) sets a
 are concatenated with a non-decreasing segment id, and no run, read or range ever crosses a segment boundary.
 The single-set functions are the batched ones with one segment, so the brute-force tests of the former also
 cover the latter, and the replay/simulate counting (which uses the batched forms) is the same code.
+
+:func:`load_run_lengths` gives, per loaded neuron, the length of the run it is read in: what a run-aware cache
+(``ripple``) admits by. It lives here, with the other run arithmetic, so the caches and the replay share it.
 """
 from __future__ import annotations
 
 import numpy as np
+
+from runtime.errors import PlanError
 
 ALIGN = 4096
 DENSE_CHUNK = 1 << 20
@@ -66,7 +71,7 @@ def batch_collapse(
     """Merge neighbouring runs of the same segment whose gap (unrequested bundles between them) is <= `gap`."""
     gap = int(gap)
     if gap < 0:
-        raise ValueError(f"collapse gap must be >= 0, got {gap}")
+        raise PlanError(f"collapse gap must be >= 0, got {gap}")
     seg = np.asarray(seg, dtype=_I64)
     starts = np.asarray(starts, dtype=_I64)
     lengths = np.asarray(lengths, dtype=_I64)
@@ -173,3 +178,20 @@ def segment_sums(seg: np.ndarray, values: np.ndarray | None, n_segments: int) ->
     ptr = np.searchsorted(seg, np.arange(n_segments + 1))
     csum = np.concatenate([[0], np.cumsum(np.asarray(values, dtype=_I64))])
     return csum[ptr[1:]] - csum[ptr[:-1]]
+
+
+def load_run_lengths(inverse: np.ndarray, neurons: np.ndarray) -> np.ndarray:
+    """For every neuron of a load set, the length (in bundles) of the run of consecutive positions it lies in.
+
+    Runs are those of docs/DESIGN.md §2 (before access collapse): what a run-aware cache (``ripple``) admits by.
+    `inverse[neuron]` is the neuron's flash position (``Layout.inverses[layer]``).
+    """
+    n = np.asarray(neurons, dtype=_I64)
+    if n.size == 0:
+        return _empty()
+    pos = np.asarray(inverse)[n]
+    order = np.argsort(pos, kind="stable")
+    _, _, lengths = batch_runs(np.zeros(n.size, dtype=_I64), pos[order], check=False)
+    out = np.empty(n.size, dtype=_I64)
+    out[order] = np.repeat(lengths, lengths)
+    return out

@@ -21,9 +21,11 @@ from typing import Any, Sequence
 import numpy as np
 
 from common.bits import unpack_bits
-from coact.progress import make_progress
-from runtime.cache import Cache, NoCache
-from runtime.io import drop_page_cache, engine_queue_depth, filesystem_type, get_engine, has_o_direct
+from common.progress import ProgressFn
+from runtime.caches import Cache, NoCache, load_masks
+from runtime.direct import drop_page_cache, filesystem_type, has_o_direct
+from runtime.engines import engine_queue_depth, get_engine
+from runtime.errors import PlanError
 from runtime.layout import Layout
 from runtime.pack import PackFile, check_layout_matches
 from runtime.planner import (
@@ -52,18 +54,18 @@ class LayerRanges:
 def _check_inputs(layout: Layout, packed_active: np.ndarray, layers: Sequence[int] | None) -> list[int]:
     pa = packed_active
     if pa.ndim != 3:
-        raise ValueError(f"packed_active must be uint8 [T, L, nb], got shape {pa.shape}")
+        raise PlanError(f"packed_active must be uint8 [T, L, nb], got shape {pa.shape}")
     if pa.dtype != np.uint8:
-        raise ValueError(f"packed_active must be uint8 (bit-packed), got {pa.dtype}")
+        raise PlanError(f"packed_active must be uint8 (bit-packed), got {pa.dtype}")
     if pa.shape[1] != layout.n_layers:
-        raise ValueError(f"packed_active has {pa.shape[1]} layers, the layout {layout.n_layers}")
+        raise PlanError(f"packed_active has {pa.shape[1]} layers, the layout {layout.n_layers}")
     need = (max(layout.n_neurons, default=0) + 7) // 8
     if pa.shape[2] < need:
-        raise ValueError(f"packed_active has {pa.shape[2]} bytes per set, {need} needed for N={max(layout.n_neurons)}")
+        raise PlanError(f"packed_active has {pa.shape[2]} bytes per set, {need} needed for N={max(layout.n_neurons)}")
     sel = list(range(layout.n_layers)) if layers is None else [int(x) for x in layers]
     for x in sel:
         if not 0 <= x < layout.n_layers:
-            raise ValueError(f"layer {x} out of range (layout has {layout.n_layers} layers)")
+            raise PlanError(f"layer {x} out of range (layout has {layout.n_layers} layers)")
     return sel
 
 
@@ -125,16 +127,7 @@ def plan_chunk(
     if cache is None or isinstance(cache, NoCache):
         load = active
     else:
-        load = [np.zeros_like(a) for a in active]
-        wants_runs = bool(getattr(cache, "wants_runs", False))
-        for t in range(Tc):
-            for j, layer in enumerate(layers):
-                s = cache.filter(layer, np.flatnonzero(active[j][t]))
-                if wants_runs:
-                    cache.admit(layer, s, load_run_lengths(layout.inverses[layer], s))
-                else:
-                    cache.admit(layer, s)
-                load[j][t, s] = True
+        load = load_masks(cache, active, layers, layout.inverses)
 
     for j, layer in enumerate(layers):
         in_place_order = load[j][:, layout.perms[layer]]  # column p = neuron perm[p]
@@ -154,27 +147,6 @@ def plan_chunk(
     return TraceCounts(list(layers), **counts), ranges
 
 
-def load_run_lengths(inverse: np.ndarray, neurons: np.ndarray) -> np.ndarray:
-    """For every neuron of a load set, the length (in bundles) of the run of consecutive positions it lies in.
-
-    Runs are those of DESIGN §2 (before access collapse): what a run-aware cache (``ripple``) admits by.
-    """
-    n = np.asarray(neurons, dtype=np.int64)
-    if n.size == 0:
-        return np.empty(0, dtype=np.int64)
-    pos = inverse[n]
-    order = np.argsort(pos, kind="stable")
-    p = pos[order]
-    new = np.empty(p.size, dtype=bool)
-    new[0] = True
-    new[1:] = np.diff(p) != 1
-    rid = np.cumsum(new) - 1
-    lengths = np.bincount(rid)
-    out = np.empty(n.size, dtype=np.int64)
-    out[order] = lengths[rid]
-    return out
-
-
 def resolve_collapse(collapse_gap: int | str, *, bundle_bytes: int, cost_model: Any = None,
                      queue_depth: int = 1) -> int:
     """An integer gap from ``collapse_gap``: an int (>= 0) as given, or ``"auto"``: the cost model's largest gap
@@ -185,14 +157,19 @@ def resolve_collapse(collapse_gap: int | str, *, bundle_bytes: int, cost_model: 
             try:
                 return resolve_collapse(int(collapse_gap), bundle_bytes=bundle_bytes)
             except ValueError:
-                raise ValueError(f"collapse gap must be an integer >= 0 or 'auto', got {collapse_gap!r}") from None
+                raise PlanError(f"collapse gap must be an integer >= 0 or 'auto', got {collapse_gap!r}") from None
         if cost_model is None:
-            raise ValueError("collapse 'auto' needs a device cost model (coact device-profile PATH --out cost.json)")
+            raise PlanError("collapse 'auto' needs a device cost model (coact device-profile PATH --out cost.json)")
         return int(cost_model.collapse_gap(bundle_bytes, queue_depth))
     gap = int(collapse_gap)
     if gap < 0:
-        raise ValueError(f"collapse gap must be >= 0, got {gap}")
+        raise PlanError(f"collapse gap must be >= 0, got {gap}")
     return gap
+
+
+def _report(progress: ProgressFn | None, description: str, done: int, total: int) -> None:
+    if progress is not None:
+        progress(description, done, total)
 
 
 def modelled_latency_ns(counts: TraceCounts, cost_model: Any, queue_depth: int = 1) -> np.ndarray:
@@ -240,7 +217,7 @@ def simulate(
     dense: bool = False,
     align: int = ALIGN,
     chunk_tokens: int | None = None,
-    progress: bool = False,
+    progress: ProgressFn | None = None,
     cost_model: Any = None,
     queue_depth: int = 1,
 ) -> Report:
@@ -255,28 +232,28 @@ def simulate(
         n_neurons: the model's N (one int or one per layer); must match the layout.
         bundle_bytes: bytes per bundle (as in the pack file that would be read).
         collapse_gap: access-collapse threshold in bundles (0 = off), or ``"auto"`` (needs `cost_model`).
-        cache: a fresh :class:`runtime.cache.Cache` (stateful: do not reuse one across runs), or None.
+        cache: a fresh :class:`runtime.caches.Cache` (stateful: do not reuse one across runs), or None.
         layers: subset of layers to plan (default all).
         dense: plan the `dense` baseline (every layer's whole region, in 1 MiB reads) instead.
+        progress: called as ``progress("simulate", tokens_done, n_tokens)`` (None: silent).
     """
     sizes = [int(n_neurons)] * layout.n_layers if isinstance(n_neurons, (int, np.integer)) else list(n_neurons)
     if [int(n) for n in sizes] != layout.n_neurons:
-        raise ValueError(f"n_neurons {sizes[:4]}... does not match the layout's layer sizes")
+        raise PlanError(f"n_neurons {sizes[:4]}... does not match the layout's layer sizes")
     sel = _check_inputs(layout, packed_active, layers)
     if dense and cache is not None and not isinstance(cache, NoCache):
-        raise ValueError("the dense plan reads whole layers; it takes no cache")
+        raise PlanError("the dense plan reads whole layers; it takes no cache")
     collapse_gap = resolve_collapse(collapse_gap, bundle_bytes=bundle_bytes, cost_model=cost_model,
                                     queue_depth=queue_depth)
     step = _chunk_tokens(layout, sel, chunk_tokens)
     T = packed_active.shape[0]
     parts = []
-    with make_progress(disable=not progress) as prog:
-        task = prog.add_task("simulate", total=T)
-        for a in range(0, T, step):
-            c, _ = plan_chunk(layout, np.asarray(packed_active[a : a + step]), sel, bundle_bytes=bundle_bytes,
-                              collapse_gap=collapse_gap, cache=cache, align=align, dense=dense)
-            parts.append(c)
-            prog.advance(task, c.n_tokens)
+    _report(progress, "simulate", 0, T)
+    for a in range(0, T, step):
+        c, _ = plan_chunk(layout, np.asarray(packed_active[a : a + step]), sel, bundle_bytes=bundle_bytes,
+                          collapse_gap=collapse_gap, cache=cache, align=align, dense=dense)
+        parts.append(c)
+        _report(progress, "simulate", a + c.n_tokens, T)
     cfg = _config(layout, bundle_bytes=bundle_bytes, collapse_gap=collapse_gap, cache=cache, engine=None,
                   pack_path=None, align=align, dense=dense, layers=sel)
     counts = TraceCounts.concat(parts, sel)
@@ -298,7 +275,7 @@ def replay(
     layers: Sequence[int] | None = None,
     dense: bool = False,
     chunk_tokens: int | None = None,
-    progress: bool = True,
+    progress: ProgressFn | None = None,
     cost_model: Any = None,
     engine_params: dict[str, Any] | None = None,
     read_log: list[tuple[np.ndarray, np.ndarray]] | None = None,
@@ -308,8 +285,8 @@ def replay(
 
     Per token, layers in order: load set -> positions -> reads -> byte ranges relative to the layer's region ->
     ``engine.submit``; each submit is timed with ``time.perf_counter_ns`` and a token's latency is the sum over its
-    layers. Raises :class:`runtime.io.DirectIOUnsupported` if the file system has no O_DIRECT (e.g. tmpfs) and
-    :class:`runtime.pack.PackError` if `layout` is not the pack's layout.
+    layers. Raises :class:`runtime.errors.DirectIOUnsupported` if the file system has no O_DIRECT (e.g. tmpfs) and
+    :class:`runtime.errors.PackError` if `layout` is not the pack's layout.
 
     `engine` is a registered engine name, optionally with a queue depth (``"threads:16"``); `engine_params` go to
     its factory. ``collapse_gap="auto"`` resolves through `cost_model` at the engine's queue depth. When
@@ -327,7 +304,7 @@ def replay(
         drop_page_cache(path)
     sel = _check_inputs(layout, packed_active, layers)
     if dense and cache is not None and not isinstance(cache, NoCache):
-        raise ValueError("the dense plan reads whole layers; it takes no cache")
+        raise PlanError("the dense plan reads whole layers; it takes no cache")
     step = _chunk_tokens(layout, sel, chunk_tokens)
     T, Ls = packed_active.shape[0], len(sel)
     latency = np.zeros((T, Ls), dtype=np.int64)
@@ -340,29 +317,28 @@ def replay(
         fileno = getattr(eng, "fileno", None)
         if fileno is not None and not has_o_direct(fileno()):
             raise RuntimeError(f"engine {engine!r} did not open {path} with O_DIRECT")
-        with make_progress(disable=not progress) as prog:
-            task = prog.add_task("replay", total=T)
-            for a in range(0, T, step):
-                counts, ranges = plan_chunk(layout, np.asarray(packed_active[a : a + step]), sel, bundle_bytes=bb,
-                                            collapse_gap=collapse_gap, cache=cache, bases=bases, dense=dense,
-                                            keep_ranges=True)
-                assert ranges is not None
-                parts.append(counts)
-                lat = latency[a : a + counts.n_tokens]
-                submit = eng.submit
-                for t in range(counts.n_tokens):
-                    row = lat[t]
-                    for j, r in enumerate(ranges):
-                        lo, hi = r.ptr[t], r.ptr[t + 1]
-                        if lo == hi:
-                            continue
-                        offs, sizes = r.offsets[lo:hi], r.sizes[lo:hi]
-                        t0 = clock()
-                        submit(offs, sizes)
-                        row[j] = clock() - t0
-                        if read_log is not None:
-                            read_log.append((offs, sizes))
-                prog.advance(task, counts.n_tokens)
+        _report(progress, "replay", 0, T)
+        for a in range(0, T, step):
+            counts, ranges = plan_chunk(layout, np.asarray(packed_active[a : a + step]), sel, bundle_bytes=bb,
+                                        collapse_gap=collapse_gap, cache=cache, bases=bases, dense=dense,
+                                        keep_ranges=True)
+            assert ranges is not None
+            parts.append(counts)
+            lat = latency[a : a + counts.n_tokens]
+            submit = eng.submit
+            for t in range(counts.n_tokens):
+                row = lat[t]
+                for j, r in enumerate(ranges):
+                    lo, hi = r.ptr[t], r.ptr[t + 1]
+                    if lo == hi:
+                        continue
+                    offs, sizes = r.offsets[lo:hi], r.sizes[lo:hi]
+                    t0 = clock()
+                    submit(offs, sizes)
+                    row[j] = clock() - t0
+                    if read_log is not None:
+                        read_log.append((offs, sizes))
+            _report(progress, "replay", a + counts.n_tokens, T)
     finally:
         eng.close()
     cfg = _config(layout, bundle_bytes=bb, collapse_gap=collapse_gap, cache=cache, engine=engine,

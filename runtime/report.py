@@ -1,4 +1,5 @@
-"""Replay/simulation reports: the metrics of DESIGN §2, per layer and overall, plus the exact configuration.
+"""Replay/simulation reports: the metrics of docs/DESIGN.md §2, per layer and overall, plus the exact
+configuration.
 
 Why one dataclass for simulate, replay and the dense baseline: comparisons (solver vs solver, cache vs no cache,
 dense vs sparse) must put identical definitions side by side, and the JSON must say exactly what was run.
@@ -15,13 +16,17 @@ Definitions (counts are summed over tokens; "per token" sums over layers first):
 - ``latency``: per token, the time from the first read submitted to the last completed, summed over layers
   (None when simulated); ``effective_bandwidth`` = bytes_requested / total I/O time (bytes/s);
 - ``hit_rate`` = 1 - loaded / active (0 without a cache).
+
+Presentation: :meth:`Report.summary_rows` and :meth:`Report.layer_rows` give formatted plain rows that any front
+end can print; :meth:`Report.table` and :func:`rich_table` wrap such rows in rich Tables for the CLI.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
+from rich.table import Table
 
 COUNT_FIELDS = ("active", "loaded", "runs", "collapsed_reads", "reads", "bytes_requested", "bytes_read")
 
@@ -49,6 +54,18 @@ class TraceCounts:
     @property
     def n_tokens(self) -> int:
         return int(self.active.shape[0])
+
+
+def spread(xs: Sequence[float | None]) -> dict[str, float | None]:
+    """{"min", "median", "max"} of the values that are not None (all None when there are none).
+
+    Why: repeated measurements (interleaved pipeline rounds, fio runs) are reported as their spread, never as one
+    number, so a noisy disk shows as a wide range instead of a misleading mean.
+    """
+    v = [float(x) for x in xs if x is not None]
+    if not v:
+        return {"min": None, "median": None, "max": None}
+    return {"min": float(np.min(v)), "median": float(np.median(v)), "max": float(np.max(v))}
 
 
 def _ratio(a: float, b: float) -> float | None:
@@ -167,14 +184,9 @@ class Report:
         """JSON-able dict (plain ints/floats/None/str, nested per-layer list)."""
         return _plain(asdict(self))
 
-    def table(self, title: str | None = None) -> "Any":
-        """A rich Table of the overall metrics (the configuration in the caption)."""
-        from rich.table import Table
-
-        t = Table(title=title or f"coact {self.mode} ({self.plan})", show_header=True)
-        t.add_column("metric")
-        t.add_column("value", justify="right")
-        rows = [
+    def summary_rows(self) -> list[tuple[str, str]]:
+        """(metric, formatted value) rows of the overall metrics: plain data for any front end."""
+        return [
             ("tokens", f"{self.n_tokens:,}"),
             ("layers", str(len(self.layers))),
             ("mean run length (bundles)", _fmt(self.mean_run_length, ".3f")),
@@ -190,34 +202,49 @@ class Report:
             ("effective bandwidth", _rate(self.effective_bandwidth)),
             ("read bandwidth", _rate(self.read_bandwidth)),
         ]
-        for name, value in rows:
-            t.add_row(name, value)
+
+    def caption(self) -> str:
+        """One line saying what was run (layout, cache, collapse gap, engine, bundle size)."""
         cfg = self.config
         cache = cfg.get("cache") or {}
-        t.caption = (
+        return (
             f"layout={cfg.get('layout_solver') or '?'} cache={cache.get('policy', 'none')}"
             f"({_bytes(cache.get('budget_bytes', 0))}) collapse={cfg.get('collapse_gap')} "
             f"engine={cfg.get('engine') or '-'} bundle={cfg.get('bundle_bytes')} B"
         )
+
+    def layer_rows(self) -> tuple[list[str], list[list[str]]]:
+        """(column names, one formatted row per layer): plain data for any front end."""
+        cols = ["layer", "mean run", "reads/token", "over-read", "hit rate", "latency ms"]
+        rows = [[str(m.layer), _fmt(m.mean_run_length, ".3f"), _fmt(m.reads_per_token, ".2f"),
+                 _fmt(m.overread, ".3f"), _fmt(None if m.hit_rate is None else 100 * m.hit_rate, ".1f", " %"),
+                 _fmt(m.latency_ms_mean, ".4f")] for m in self.per_layer]
+        return cols, rows
+
+    def table(self, title: str | None = None) -> Table:
+        """A rich Table of :meth:`summary_rows` (the configuration in the caption)."""
+        t = Table(title=title or f"coact {self.mode} ({self.plan})", show_header=True)
+        t.add_column("metric")
+        t.add_column("value", justify="right")
+        for name, value in self.summary_rows():
+            t.add_row(name, value)
+        t.caption = self.caption()
         return t
 
-    def layer_table(self) -> "Any":
-        """A rich Table with one row per layer."""
-        from rich.table import Table
+    def layer_table(self) -> Table:
+        """A rich Table of :meth:`layer_rows`."""
+        return rich_table("per layer", *self.layer_rows())
 
-        t = Table(title="per layer")
-        for col in ("layer", "mean run", "reads/token", "over-read", "hit rate", "latency ms"):
-            t.add_column(col, justify="right")
-        for m in self.per_layer:
-            t.add_row(
-                str(m.layer),
-                _fmt(m.mean_run_length, ".3f"),
-                _fmt(m.reads_per_token, ".2f"),
-                _fmt(m.overread, ".3f"),
-                _fmt(None if m.hit_rate is None else 100 * m.hit_rate, ".1f", " %"),
-                _fmt(m.latency_ms_mean, ".4f"),
-            )
-        return t
+
+def rich_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]], *,
+               first_left: bool = False) -> Table:
+    """A rich Table from plain (columns, rows), numbers right-aligned (the first column left with `first_left`)."""
+    t = Table(title=title)
+    for i, col in enumerate(columns):
+        t.add_column(col, justify="left" if (first_left and i == 0) else "right")
+    for row in rows:
+        t.add_row(*row)
+    return t
 
 
 def _plain(obj: Any) -> Any:

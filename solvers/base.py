@@ -1,32 +1,54 @@
-"""The solver protocol, the registry, and the placement objective.
+"""The solver protocol, the registry, the placement objective and the loop over layers.
 
 Why a protocol plus a registry: users compare placement solvers; every solver must be selectable by name
-(`coact solve --solver ripple`), composable (`leiden+local-search`), and pass one conformance suite
-(`tests/test_solver_conformance.py`), in the spirit of scikit-learn's estimators and
-`scipy.optimize.minimize(method=...)`.
+(``coact solve --solver ripple``), composable (``leiden+local-search``), and pass one conformance suite
+(:mod:`solvers.testing`), in the spirit of scikit-learn's estimators and ``scipy.optimize.minimize(method=...)``.
 
-A solver places the neurons of ONE layer: it takes a :class:`coact.graph.CoactGraph` (co-activation counts as a
-symmetric scipy CSR matrix with zero diagonal, per-neuron activation counts, the token count) and returns a
-permutation `perm` with `perm[position] = neuron`. Layers are independent; :func:`solve_model` runs a solver over
-all layers of a :class:`coact.stats.CoactStats`.
+A solver places the neurons of ONE layer. Like a scikit-learn estimator it takes plain data — the symmetric
+co-activation count matrix (scipy sparse or dense) and the per-neuron activation counts — or an already validated
+:class:`solvers.graph.CoactGraph`, and returns a permutation ``perm`` with ``perm[position] = neuron``. Layers are
+independent; :func:`solve_layers` runs a solver over any sequence of layers, so this package needs no statistics
+object (``coact.placement.solve_model`` feeds it the layers of a ``CoactStats``).
+
+Built-in solvers derive from :class:`SolverBase`, which does the shared part of ``solve`` once (convert the input
+with :func:`solvers.graph.as_graph`, refuse a negative time limit or a bad ``init``, check the returned placement);
+a third-party solver only has to satisfy the :class:`Solver` protocol.
 """
 from __future__ import annotations
 
-import inspect
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Protocol, runtime_checkable
+from typing import Any, Callable, Iterable, Protocol, runtime_checkable
 
 import numpy as np
+import scipy.sparse as sp
 
-from coact.errors import CoactError
+from common.errors import RegistryError
+from common.perm import check_permutation as _check_permutation
+from common.progress import ProgressFn, tracked
+from common.registry import Registry
+from solvers.errors import SolverError
+from solvers.graph import CoactGraph, as_graph
 
-if TYPE_CHECKING:  # pragma: no cover
-    from coact.graph import CoactGraph
+__all__ = ["SOLVERS", "ChainSolver", "ProgressFn", "SolveResult", "Solver", "SolverBase", "SolverError",
+           "available_solvers", "check_permutation", "check_time_limit", "get_solver", "objective", "register",
+           "solve_layers"]
 
+#: The built-in solver modules; the registry imports them on first lookup (their ``@register`` adds them), so this
+#: module never imports its implementations and ``base <- implementation`` is the only import edge.
+BUILTIN_MODULES = (
+    "solvers.simple",
+    "solvers.ripple",
+    "solvers.local_search",
+    "solvers.path_cover",
+    "solvers.ortools_tsp",
+    "solvers.leiden",
+    "solvers.spectral",
+    "solvers.collapse",
+)
 
-class SolverError(CoactError):
-    """Bad solver name, bad parameters, or an instance a solver refuses (e.g. too large)."""
+#: name -> solver factory (a class or a function returning a :class:`Solver`); entry description = ``optimises``.
+SOLVERS: Registry = Registry("solver", modules=BUILTIN_MODULES)
 
 
 @runtime_checkable
@@ -35,7 +57,7 @@ class Solver(Protocol):
 
     Attributes:
         name: registry name.
-        optimises: one line saying what the solver maximises/minimises (shown by `coact solve --list`).
+        optimises: one line saying what the solver maximises/minimises (shown by ``coact solve --list``).
     """
 
     name: str
@@ -43,113 +65,147 @@ class Solver(Protocol):
 
     def solve(
         self,
-        graph: "CoactGraph",
+        counts: Any,
+        freq: Any | None = None,
         *,
         seed: int = 0,
         time_limit: float | None = None,
         init: np.ndarray | None = None,
+        progress: ProgressFn | None = None,
     ) -> np.ndarray:
-        """Return `perm` (int64, length graph.n, a permutation of range(graph.n)).
+        """Return ``perm`` (int64, a permutation of range(n)).
 
-        `init` is a starting placement for improvement solvers (others may ignore it). `time_limit` is a
-        wall-clock budget in seconds for this layer; solvers must return a valid permutation within it.
+        ``counts``: symmetric co-activation counts [n, n] (scipy sparse or dense; diagonal ignored) or a
+        :class:`CoactGraph`; ``freq``: per-neuron activation counts. ``init`` is a starting placement for
+        improvement solvers (others may ignore it). ``time_limit`` is a wall-clock budget in seconds for this layer
+        (None = the solver's default; negative is refused); solvers must return a valid permutation within it.
+        ``progress`` is an optional ``progress(description, done, total)`` callback (most solvers do not report).
         """
         ...
 
 
-_REGISTRY: dict[str, Callable[..., Solver]] = {}
+def check_permutation(perm: Any, n: int | None = None, *, what: str = "placement") -> np.ndarray:
+    """Return ``perm`` as int64 after checking it is a permutation of range(n); raise :class:`SolverError`
+    otherwise (:func:`common.perm.check_permutation`, the one check of the code base)."""
+    return _check_permutation(perm, n, what=what, error=SolverError)
 
 
-def register(name: str) -> Callable[[Callable[..., Solver]], Callable[..., Solver]]:
-    """Class decorator: make a solver factory available as `name`."""
+def check_time_limit(time_limit: float | None) -> float | None:
+    """``time_limit`` as a float (None stays None); a negative or NaN budget is a :class:`SolverError`."""
+    if time_limit is None:
+        return None
+    t = float(time_limit)
+    if not t >= 0:
+        raise SolverError(f"time_limit must be >= 0 seconds, got {time_limit}")
+    return t
 
-    def deco(factory: Callable[..., Solver]) -> Callable[..., Solver]:
-        if name in _REGISTRY:
-            raise SolverError(f"solver {name!r} registered twice")
-        _REGISTRY[name] = factory
+
+class SolverBase:
+    """The shared part of every built-in solver's ``solve``: subclasses implement :meth:`_solve` on a validated
+    :class:`CoactGraph` and get plain-data input, argument checks and a checked int64 result for free."""
+
+    name: str = ""
+    optimises: str = ""
+
+    def solve(self, counts: Any, freq: Any | None = None, *, seed: int = 0, time_limit: float | None = None,
+              init: np.ndarray | None = None, progress: ProgressFn | None = None, **options: Any) -> np.ndarray:
+        """See :class:`Solver`; ``options`` are solver-specific keywords (e.g. ``collapse-ls``'s ``sample``)."""
+        graph = as_graph(counts, freq)
+        limit = check_time_limit(time_limit)
+        start = None if init is None else check_permutation(init, graph.n, what="init")
+        perm = self._solve(graph, seed=int(seed), time_limit=limit, init=start, progress=progress, **options)
+        return check_permutation(perm, graph.n)
+
+    def _solve(self, graph: CoactGraph, *, seed: int, time_limit: float | None, init: np.ndarray | None,
+               progress: ProgressFn | None) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<solver {self.name}>"
+
+
+def register(name: str, description: str | None = None) -> Callable[[Any], Any]:
+    """Class decorator: add a solver factory to :data:`SOLVERS` as ``name`` (:meth:`Registry.register`), described
+    by its ``optimises`` line unless ``description`` is given."""
+
+    def deco(factory: Any) -> Any:
+        SOLVERS.add(name, factory, description if description is not None else getattr(factory, "optimises", None))
         return factory
 
     return deco
 
 
-def _ensure_loaded() -> None:
-    # Importing the package registers every built-in solver.
-    import solvers  # noqa: F401
-
-
 def available_solvers() -> list[str]:
     """Registered solver names, sorted."""
-    _ensure_loaded()
-    return sorted(_REGISTRY)
+    return SOLVERS.names()
+
+
+def _parse_chain(spec: str) -> list[str]:
+    if not isinstance(spec, str) or not spec.strip():
+        raise SolverError("empty solver name")
+    parts = [p.strip() for p in spec.split("+")]
+    if any(not p for p in parts):
+        raise SolverError(f"malformed solver chain {spec!r}: expected names joined by '+', like 'leiden+local-search'")
+    return parts
 
 
 def get_solver(spec: str, **params: Any) -> Solver:
-    """Build a solver from a name, or a chain `a+b+c` (each stage starts from the previous stage's placement)."""
-    _ensure_loaded()
-    parts = [p.strip() for p in spec.split("+") if p.strip()]
-    if not parts:
-        raise SolverError("empty solver name")
-    for p in parts:
-        if p not in _REGISTRY:
-            raise SolverError(f"unknown solver {p!r}; available: {', '.join(sorted(_REGISTRY))}")
-    last = _REGISTRY[parts[-1]]
-    try:  # a typo in a parameter name is a user error, not a TypeError traceback
-        inspect.signature(last).bind(**params)
-    except TypeError as e:
-        raise SolverError(f"bad parameters for solver {parts[-1]!r}: {e}") from None
-    except ValueError:  # no signature available (builtins); let the call itself complain
-        pass
+    """Build a solver from a name, or a chain ``a+b+c`` (each stage starts from the previous stage's placement).
+
+    ``params`` go to the last stage (the one that decides the result); earlier stages use their defaults.
+    Unknown names, bad parameters and malformed chains (``ripple+``, ``+ripple``, ``a++b``) raise
+    :class:`SolverError`.
+    """
+    parts = _parse_chain(spec)
+    try:
+        for p in parts:
+            SOLVERS.entry(p)
+        SOLVERS.check_params(parts[-1], **params)
+    except RegistryError as e:
+        raise SolverError(str(e)) from None
+    last = SOLVERS.get(parts[-1])(**params)
     if len(parts) == 1:
-        return last(**params)
-    return ChainSolver([_REGISTRY[p](**params) if i == len(parts) - 1 else _REGISTRY[p]() for i, p in enumerate(parts)])
+        return last
+    return ChainSolver([SOLVERS.get(p)() for p in parts[:-1]] + [last])
 
 
 @dataclass
 class ChainSolver:
-    """`a+b`: run `a`, then give its placement to `b` as `init`. The time limit is split evenly."""
+    """``a+b``: run ``a``, then give its placement to ``b`` as ``init``. The time limit is split evenly."""
 
     stages: list[Solver]
     name: str = field(init=False)
     optimises: str = field(init=False)
 
     def __post_init__(self) -> None:
+        if not self.stages:
+            raise SolverError("a solver chain needs at least one stage")
         self.name = "+".join(s.name for s in self.stages)
         self.optimises = self.stages[-1].optimises
 
-    def solve(self, graph, *, seed=0, time_limit=None, init=None):  # type: ignore[no-untyped-def]
+    def solve(self, counts: Any, freq: Any | None = None, *, seed: int = 0, time_limit: float | None = None,
+              init: np.ndarray | None = None, progress: ProgressFn | None = None) -> np.ndarray:
+        graph = as_graph(counts, freq)
+        limit = check_time_limit(time_limit)
         perm = init
-        share = None if time_limit is None else time_limit / len(self.stages)
+        share = None if limit is None else limit / len(self.stages)
+        extra = {} if progress is None else {"progress": progress}
         for s in self.stages:
-            perm = s.solve(graph, seed=seed, time_limit=share, init=perm)
-        return perm
+            perm = s.solve(graph, seed=seed, time_limit=share, init=perm, **extra)
+        return check_permutation(perm, graph.n)
 
 
-def check_permutation(perm: np.ndarray, n: int) -> np.ndarray:
-    """Return `perm` as int64 after checking it is a permutation of range(n); raise SolverError otherwise."""
-    p = np.asarray(perm)
-    if p.ndim != 1 or p.shape[0] != n:
-        raise SolverError(f"placement has shape {p.shape}, expected ({n},)")
-    if not np.issubdtype(p.dtype, np.integer):
-        raise SolverError(f"placement dtype {p.dtype} is not integer")
-    p = p.astype(np.int64, copy=False)
-    seen = np.zeros(n, dtype=bool)
-    if n and (p.min() < 0 or p.max() >= n):
-        raise SolverError("placement has out-of-range neuron ids")
-    seen[p] = True
-    if not seen.all():
-        raise SolverError("placement is not a permutation (repeated or missing neurons)")
-    return p
-
-
-def objective(perm: np.ndarray, graph: "CoactGraph") -> int:
-    """DESIGN §2: sum over adjacent positions of the co-activation count.
+def objective(perm: np.ndarray, counts: Any) -> int:
+    """docs/DESIGN.md §2: sum over adjacent positions of the co-activation count.
 
     Runs on the profiling trace = sum|A| - objective, so maximising this minimises runs (no cache, no collapse).
+    ``counts``: a :class:`CoactGraph` or a symmetric count matrix (scipy sparse or dense).
     """
     p = np.asarray(perm, dtype=np.int64)
     if p.size < 2:
         return 0
-    c = graph.counts
+    c = counts.counts if isinstance(counts, CoactGraph) else counts
+    c = sp.csr_array(c) if sp.issparse(c) else np.asarray(c)
     return int(np.asarray(c[p[:-1], p[1:]]).ravel().sum())
 
 
@@ -163,27 +219,34 @@ class SolveResult:
     params: dict[str, Any]
 
 
-def solve_model(
-    stats: Any,
+def solve_layers(
+    graphs: Iterable[Any],
     spec: str,
     *,
     seed: int = 0,
     time_limit: float | None = None,
-    progress: bool = True,
-    graph_kwargs: dict[str, Any] | None = None,
+    progress: ProgressFn | None = None,
+    n_layers: int | None = None,
     **params: Any,
 ) -> SolveResult:
-    """Run solver `spec` on every layer of `stats` (a :class:`coact.stats.CoactStats`)."""
-    from coact.graph import CoactGraph
-    from coact.progress import track
+    """Run solver ``spec`` (built once, with ``params``) on every layer of ``graphs``.
 
+    ``graphs`` yields one layer at a time — a :class:`CoactGraph` or a ``(counts, freq)`` pair — so a caller can
+    build each layer lazily and only one is in memory. Layer ``l`` is solved with ``seed + l`` (layers get
+    different tie-breaking, the whole model stays reproducible). ``n_layers`` is the total for the progress
+    report when ``graphs`` has no ``len``. Times exclude building the graph.
+    """
     solver = get_solver(spec, **params)
+    limit = check_time_limit(time_limit)
+    if n_layers is None and hasattr(graphs, "__len__"):
+        n_layers = len(graphs)  # type: ignore[arg-type]
+    extra = {} if progress is None else {"progress": progress}
     perms: list[np.ndarray] = []
     secs: list[float] = []
-    for layer in track(range(stats.n_layers), description=f"solve {spec}", disable=not progress):
-        g = CoactGraph.from_stats(stats, layer, **(graph_kwargs or {}))
+    for layer, item in enumerate(tracked(graphs, progress, f"solve {spec}", total=n_layers)):
+        g = item if isinstance(item, CoactGraph) else as_graph(*item)
         t0 = time.perf_counter()
-        perm = solver.solve(g, seed=seed + layer, time_limit=time_limit)
+        perm = solver.solve(g, seed=seed + layer, time_limit=limit, **extra)
         secs.append(time.perf_counter() - t0)
         perms.append(check_permutation(perm, g.n))
     return SolveResult(perms=perms, seconds=secs, solver=spec, params=dict(params, seed=seed, time_limit=time_limit))

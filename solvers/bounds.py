@@ -1,4 +1,5 @@
-"""Proven upper bounds on the adjacency objective (DESIGN §2, §6 "within 2 % of a proven upper bound").
+"""Proven upper bounds on the adjacency objective (docs/DESIGN.md §2, §6 "within 2 % of a
+proven upper bound").
 
 The objective of a placement is the weight of a Hamiltonian path in the co-activation graph. Every Hamiltonian
 path is a set of N-1 edges in which every node has degree <= 2 and every node subset S spans at most |S|-1 edges
@@ -37,18 +38,16 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
-from numba import njit
 from scipy.optimize import linprog
 from scipy.sparse.csgraph import connected_components
 
-from .base import SolverError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from coact.graph import CoactGraph
+from solvers.candidates import top_k_per_row
+from solvers.errors import SolverError
+from solvers.graph import as_graph
 
 #: Initial LP edge set: the union of every node's top-k partners (column generation adds the rest as needed).
 DEFAULT_K = 8
@@ -65,19 +64,16 @@ class EdgeSet:
     w: np.ndarray
 
 
-def _counts(graph) -> sp.csr_array:
-    return sp.csr_array(getattr(graph, "counts", graph))
-
-
-def all_edges(graph: "CoactGraph") -> EdgeSet:
-    """Every stored unordered pair once (u < v)."""
-    c = _counts(graph)
-    coo = sp.triu(c, k=1).tocoo()
-    return EdgeSet(c.shape[0], coo.row.astype(np.int64), coo.col.astype(np.int64), coo.data.astype(np.int64))
+def all_edges(counts: Any) -> EdgeSet:
+    """Every stored unordered pair once (u < v), sorted by (u, v). ``counts``: anything :func:`as_graph` takes."""
+    g = as_graph(counts)
+    u, v, w = g.edges("count")
+    return EdgeSet(g.n, u, v, w.astype(np.int64))
 
 
 def incidence(es: EdgeSet) -> tuple[np.ndarray, np.ndarray]:
-    """(ptr int64[n+1], eids int64[2m]): the edges incident to node v are eids[ptr[v]:ptr[v+1]] (ascending id)."""
+    """(ptr int64[n+1], eids int64[2m]): the edges incident to node v are eids[ptr[v]:ptr[v+1]] (first those where v
+    is the smaller end, then those where it is the larger; each group by ascending edge id)."""
     node = np.concatenate([es.u, es.v])
     order = np.argsort(node, kind="stable")
     eids = np.concatenate([np.arange(es.u.size, dtype=np.int64)] * 2)[order]
@@ -86,62 +82,38 @@ def incidence(es: EdgeSet) -> tuple[np.ndarray, np.ndarray]:
     return ptr, eids
 
 
-@njit(cache=True)
-def _inc_topk(ptr, eids, score, mask, r, sel, vals):
-    """Mark in `sel` each node's r best-`score` incident edges within `mask`; vals[v, :] = their scores."""
-    n = ptr.shape[0] - 1
-    bs = np.empty(r)
-    be = np.empty(r, dtype=np.int64)
-    for v in range(n):
-        cnt = 0
-        for t in range(ptr[v], ptr[v + 1]):
-            e = eids[t]
-            if not mask[e]:
-                continue
-            sc = score[e]
-            if cnt == r and sc <= bs[r - 1]:
-                continue
-            p = cnt if cnt < r else r - 1
-            while p > 0 and bs[p - 1] < sc:
-                if p < r:
-                    bs[p] = bs[p - 1]
-                    be[p] = be[p - 1]
-                p -= 1
-            bs[p] = sc
-            be[p] = e
-            if cnt < r:
-                cnt += 1
-        for i in range(cnt):
-            sel[be[i]] = True
-            vals[v, i] = bs[i]
+def _incident_top(es: EdgeSet, inc: tuple[np.ndarray, np.ndarray], score: np.ndarray, r: int,
+                  mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per node, its ``r`` best-``score`` incident edges within ``mask`` (ties: incidence order): the shared top-k
+    routine (:func:`solvers.candidates.top_k_per_row`) on the node -> incident-edge layout. Returns (edge ids
+    selected by at least one end, scores [n, r] best first, 0 padded)."""
+    ptr, eids = inc
+    pos, vals = top_k_per_row(ptr, np.asarray(score, dtype=np.float64)[eids], int(r), np.asarray(mask)[eids])
+    sel = np.zeros(es.u.size, dtype=np.bool_)
+    sel[eids[pos[pos >= 0]]] = True
+    return np.flatnonzero(sel), vals
 
 
 def per_node_top(es: EdgeSet, score: np.ndarray, r: int, mask: np.ndarray | None = None,
                  inc: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """Ids of the edges that are among the `r` highest-`score` edges (within `mask`) of one of their ends
-    (ties: lower edge id first)."""
+    (ties: by :func:`incidence` order). The score changes every pricing round, which is why this selects on the
+    node -> incident-edge layout rather than on a fixed neighbour matrix."""
     if es.u.size == 0 or r <= 0:
         return np.zeros(0, dtype=np.int64)
-    ptr, eids = incidence(es) if inc is None else inc
     m = np.ones(es.u.size, dtype=np.bool_) if mask is None else np.asarray(mask, dtype=np.bool_)
-    sel = np.zeros(es.u.size, dtype=np.bool_)
-    vals = np.zeros((es.n, int(r)))
-    _inc_topk(ptr, eids, np.asarray(score, dtype=np.float64), m, int(r), sel, vals)
-    return np.flatnonzero(sel)
+    return _incident_top(es, incidence(es) if inc is None else inc, score, r, m)[0]
 
 
 def _second_largest(es: EdgeSet, inc: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """Second largest incident weight of every node (0 if fewer than two edges)."""
-    ptr, eids = incidence(es) if inc is None else inc
-    sel = np.zeros(es.u.size, dtype=np.bool_)
-    vals = np.zeros((es.n, 2))
-    _inc_topk(ptr, eids, es.w.astype(np.float64), np.ones(es.u.size, dtype=np.bool_), 2, sel, vals)
+    _, vals = _incident_top(es, incidence(es) if inc is None else inc, es.w, 2, np.ones(es.u.size, dtype=np.bool_))
     return vals[:, 1].copy()
 
 
-def degree_bound(graph: "CoactGraph") -> float:
+def degree_bound(counts: Any) -> float:
     """sum_v (largest + second largest count at v) / 2, also capped by the N-1 heaviest edges."""
-    c = _counts(graph).tocsr()
+    c = as_graph(counts).counts
     n = c.shape[0]
     if n < 2 or c.nnz == 0:
         return 0.0
@@ -172,7 +144,7 @@ class LPResult:
 
 
 def solve_two_matching_lp(
-    graph: "CoactGraph",
+    counts: Any,
     *,
     k: int | None = DEFAULT_K,
     cuts: bool = True,
@@ -196,6 +168,7 @@ def solve_two_matching_lp(
     max(1, 1e-5 x bound).
     """
     t0 = time.perf_counter()
+    graph = as_graph(counts)
     es = all_edges(graph)
     n = es.n
     m_all = es.u.size
@@ -311,11 +284,12 @@ def solve_two_matching_lp(
                     status)
 
 
-def adjacency_upper_bound(graph: "CoactGraph", *, method: str = "lp", k: int | None = DEFAULT_K, cuts: bool = True,
+def adjacency_upper_bound(counts: Any, *, method: str = "lp", k: int | None = DEFAULT_K, cuts: bool = True,
                           max_rounds: int = 40, time_limit: float | None = 60.0) -> float:
-    """A proven upper bound on `objective(perm, graph)` over all permutations of the graph's neurons.
+    """A proven upper bound on `objective(perm, counts)` over all permutations of the neurons.
 
     Args:
+        counts: a :class:`CoactGraph` or a symmetric count matrix (anything :func:`as_graph` takes).
         method: ``"lp"`` (fractional 2-matching LP over all pairs with subtour cuts, HiGHS, column generation;
             see the module docstring) or ``"degree"`` (sum of each node's two heaviest counts, halved).
         k: partners per node in the LP's starting edge set (speed only; the bound covers all pairs);
@@ -325,10 +299,10 @@ def adjacency_upper_bound(graph: "CoactGraph", *, method: str = "lp", k: int | N
         time_limit: seconds; a truncated run still returns a valid (looser) bound.
     """
     if method == "degree":
-        return degree_bound(graph)
+        return degree_bound(counts)
     if method != "lp":
         raise SolverError(f"unknown bound method {method!r}; expected 'lp' or 'degree'")
-    return solve_two_matching_lp(graph, k=k, cuts=cuts, max_rounds=max_rounds, time_limit=time_limit).bound
+    return solve_two_matching_lp(counts, k=k, cuts=cuts, max_rounds=max_rounds, time_limit=time_limit).bound
 
 
 def gap_to_bound(obj: float, bound: float) -> float:

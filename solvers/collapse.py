@@ -1,6 +1,6 @@
 """Objectives beyond adjacency: what the runtime pays with access collapse and with a DRAM cache.
 
-**Reads with collapse** (DESIGN §2, Ripple's access collapse): a token's active neurons occupy positions
+**Reads with collapse** (docs/DESIGN.md §2, Ripple's access collapse): a token's active neurons occupy positions
 ``inverse[A]``; neighbouring runs whose gap (unrequested bundles between them) is at most ``gap`` merge into one
 read. :func:`reads_with_collapse` counts the reads of a token sample — the same count as
 ``runtime.planner.plan_reads`` per token, summed. With ``gap=0`` it is the number of runs, and on the profiling
@@ -15,7 +15,7 @@ only. Moves: **swap** neuron x with the neuron sitting just before/after one of 
 (k=8). A swap only changes tokens that contain exactly one of the two neurons, and each such token changes only
 inside windows of ``gap + 1`` positions around the two positions, so the exact delta costs O(gap) per affected
 token on a position-occupancy bitmap (tokens x positions, uint8). Only strictly improving swaps are applied; nodes
-are revisited through a queue as in :mod:`solvers.local_search`; the search stops at a local optimum or at the
+are revisited through the queue of :mod:`solvers.worklist`, as in :mod:`solvers.local_search`; the search stops at a local optimum or at the
 time limit. Compiled with numba.
 
 The sample: ``sample=`` (constructor or ``solve`` keyword) takes a list of active-index arrays, a bool array
@@ -33,15 +33,18 @@ budget.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from numba import njit
 
-from .base import SolverError, check_permutation, register
-
-if TYPE_CHECKING:  # pragma: no cover
-    from coact.graph import CoactGraph
+from common.bits import unpack_bits
+from solvers.base import ProgressFn, Solver, SolverBase, check_permutation, get_solver, register
+from solvers.candidates import candidate_lists
+from solvers.errors import SolverError
+from solvers.graph import CoactGraph, as_graph, csr_arrays
+from solvers.ripple import default_start
+from solvers.worklist import new_queue, pop, push
 
 DEFAULT_TIME_LIMIT = 10.0
 
@@ -53,8 +56,6 @@ def sample_to_bool(sample: Any, n: int) -> np.ndarray:
     """bool [T, n] from a list of index arrays, a bool/0-1 array [T, n] or a packed uint8 array [T, ceil(n/8)]."""
     if isinstance(sample, np.ndarray) and sample.ndim == 2:
         if sample.dtype == np.uint8 and sample.shape[1] == (n + 7) // 8 and sample.shape[1] != n:
-            from common.bits import unpack_bits
-
             return unpack_bits(sample, n)
         if sample.shape[1] == n:
             return sample.astype(bool, copy=False)
@@ -114,10 +115,10 @@ def _pseudo_sample(indptr, indices, data, freq, n_tok, seed):
     return out
 
 
-def pseudo_sample(graph: "CoactGraph", n_tokens: int = 2000, seed: int = 0) -> np.ndarray:
-    """bool [n_tokens, n] pseudo-tokens drawn from the graph (see the module docstring)."""
-    from .local_search import csr_arrays
-
+def pseudo_sample(counts: Any, n_tokens: int = 2000, seed: int = 0) -> np.ndarray:
+    """bool [n_tokens, n] pseudo-tokens drawn from the graph (see the module docstring); ``counts``: a
+    :class:`CoactGraph` (or anything :func:`as_graph` takes)."""
+    graph = as_graph(counts)
     indptr, indices, data = csr_arrays(graph)
     freq = np.maximum(np.asarray(graph.freq, dtype=np.int64), 0)
     return _pseudo_sample(indptr, indices, data, freq, int(n_tokens), int(seed))
@@ -223,15 +224,10 @@ def _apply_swap(occ, tok_ptr, tok_idx, perm, pos, x, y):
 def _collapse_kernel(perm, pos, occ, tok_ptr, tok_idx, cand, queue, inq, qstate, max_nodes, g, beta, reach):
     n = perm.shape[0]
     k = cand.shape[1]
-    qhead = qstate[0]
-    qlen = qstate[1]
     total = 0.0
     processed = 0
-    while qlen > 0 and processed < max_nodes:
-        x = queue[qhead]
-        qhead = (qhead + 1) % n
-        qlen -= 1
-        inq[x] = False
+    while qstate[1] > 0 and processed < max_nodes:
+        x = pop(queue, inq, qstate)
         processed += 1
         if tok_ptr[x + 1] == tok_ptr[x]:
             continue  # never active in the sample: moving it changes nothing
@@ -259,12 +255,7 @@ def _collapse_kernel(perm, pos, occ, tok_ptr, tok_idx, cand, queue, inq, qstate,
             total += best
             for z in (x, by, perm[a - 1] if a > 0 else -1, perm[a + 1] if a + 1 < n else -1,
                       perm[b - 1] if b > 0 else -1, perm[b + 1] if b + 1 < n else -1):
-                if z >= 0 and not inq[z]:
-                    queue[(qhead + qlen) % n] = z
-                    inq[z] = True
-                    qlen += 1
-    qstate[0] = qhead
-    qstate[1] = qlen
+                push(z, queue, inq, qstate)
     return total
 
 
@@ -289,7 +280,7 @@ def collapse_cost(perm: np.ndarray, sample: Any, gap: int = 0, bundle_cost: floa
 
 
 @register("collapse-ls")
-class CollapseLocalSearch:
+class CollapseLocalSearch(SolverBase):
     """Swap local search minimising reads with access collapse (+ optional cost per gap bundle) on a token sample.
 
     Parameters:
@@ -318,18 +309,16 @@ class CollapseLocalSearch:
         self.time_limit = float(time_limit)
         self.history: list[float] = []
 
-    def solve(self, graph: "CoactGraph", *, seed: int = 0, time_limit: float | None = None,
-              init: np.ndarray | None = None, sample: Any = None) -> np.ndarray:
-        from .local_search import candidate_lists, csr_arrays, default_start
-
+    def _solve(self, graph: CoactGraph, *, seed: int, time_limit: float | None, init: np.ndarray | None,
+               progress: ProgressFn | None, sample: Any = None) -> np.ndarray:
+        """``sample`` (keyword of ``solve``) overrides the constructor's sample for this call."""
         t0 = time.perf_counter()
         limit = self.time_limit if time_limit is None else float(time_limit)
         n = int(graph.n)
         self.history = []
         if n <= 1:
             return np.arange(n, dtype=np.int64)
-        perm = check_permutation(init if init is not None else default_start(graph, seed=seed, time_limit=limit / 3),
-                                 n).copy()
+        perm = (default_start(graph, seed=seed) if init is None else init).copy()
         sample = self.sample if sample is None else sample
         if sample is None:
             act = pseudo_sample(graph, self.n_sample, seed)
@@ -348,11 +337,7 @@ class CollapseLocalSearch:
         tok_ptr = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(np.bincount(nn, minlength=n), out=tok_ptr[1:])
         cand = candidate_lists(csr_arrays(graph), self.k)
-        pos = np.empty(n, dtype=np.int64)
-        pos[perm] = np.arange(n)
-        queue = perm.copy()
-        inq = np.ones(n, dtype=np.bool_)
-        qstate = np.array([0, n], dtype=np.int64)
+        pos, queue, inq, qstate = new_queue(perm)
         cur = float(_total_cost(occ, self.gap, self.bundle_cost))
         self.history.append(cur)
         reach = self.gap + 1
@@ -368,7 +353,7 @@ class CollapseLocalSearch:
 # --------------------------------------------------------------------------------------------- cache-aware
 
 
-def resident_by_frequency(graph: "CoactGraph", budget: int | float) -> np.ndarray:
+def resident_by_frequency(graph: CoactGraph, budget: int | float) -> np.ndarray:
     """The hottest neurons that fit a DRAM budget: `budget` neurons (int) or a fraction of n (float in [0, 1])."""
     n = int(graph.n)
     k = int(round(budget * n)) if isinstance(budget, float) else int(budget)
@@ -378,11 +363,10 @@ def resident_by_frequency(graph: "CoactGraph", budget: int | float) -> np.ndarra
     return np.sort(order[:k]).astype(np.int64)
 
 
-def exclude_resident(graph: "CoactGraph", resident_neurons: Sequence[int] | np.ndarray) -> tuple["CoactGraph", np.ndarray]:
+def exclude_resident(graph: CoactGraph, resident_neurons: Sequence[int] | np.ndarray) -> tuple[CoactGraph, np.ndarray]:
     """Remove DRAM-resident neurons: returns ``(subgraph, keep)`` where ``keep`` (int64, sorted) maps the
     subgraph's neuron ids back to the layer's (``subgraph`` neuron i is layer neuron ``keep[i]``)."""
-    from .leiden import induced_subgraph
-
+    graph = as_graph(graph)
     n = int(graph.n)
     res = np.unique(np.asarray(resident_neurons, dtype=np.int64))
     if res.size and (res[0] < 0 or res[-1] >= n):
@@ -390,18 +374,17 @@ def exclude_resident(graph: "CoactGraph", resident_neurons: Sequence[int] | np.n
     mask = np.ones(n, dtype=bool)
     mask[res] = False
     keep = np.flatnonzero(mask).astype(np.int64)
-    return induced_subgraph(graph, keep), keep
+    return graph.subgraph(keep), keep
 
 
-def solve_excluding_resident(solver: Any, graph: "CoactGraph", resident_neurons: Sequence[int] | np.ndarray, *,
-                             seed: int = 0, time_limit: float | None = None) -> np.ndarray:
+def solve_excluding_resident(solver: str | Solver, graph: CoactGraph, resident_neurons: Sequence[int] | np.ndarray,
+                             *, seed: int = 0, time_limit: float | None = None) -> np.ndarray:
     """Place the non-resident neurons with `solver` (a Solver or a registry spec), resident ones at the end.
 
     The resident neurons keep their relative order by decreasing frequency (they are read from flash only when the
     cache is cold, e.g. at start-up, so hot ones are grouped).
     """
-    from .base import get_solver
-
+    graph = as_graph(graph)
     if isinstance(solver, str):
         solver = get_solver(solver)
     sub, keep = exclude_resident(graph, resident_neurons)

@@ -8,9 +8,10 @@
    communities (11 for 90 planted chains, 3 on SmolLM2 layers), while the top-16 graph gives 29 planted
    communities in 0.2 s. ``k=None`` uses all pairs. igraph draws from Python's ``random`` module;
    the solver installs a ``random.Random(seed)`` for the call, so a fixed seed gives a fixed partition.
-2. **Inside a community**: the Ripple greedy (``get_solver("ripple")``) on the community's induced subgraph.
+2. **Inside a community**: the Ripple greedy (:class:`solvers.ripple.RippleSolver`) on the community's induced
+   subgraph.
 3. **Between communities**: the community graph (weights = summed counts between two communities) is chained by
-   the same Kruskal-style greedy path merging (:func:`solvers.path_cover.merge_edges`); then each community's
+   the same Kruskal-style greedy path merging (:mod:`solvers.paths`); then each community's
    internal path is oriented (reversed or not) by a two-state dynamic programme that maximises the counts across
    the community boundaries (the last neuron of one community next to the first of the next).
 
@@ -21,44 +22,27 @@ boundary orientation recovers some of the adjacency lost between communities. It
 from __future__ import annotations
 
 import random
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 
-from .base import SolverError, check_permutation, register
-
-if TYPE_CHECKING:  # pragma: no cover
-    from coact.graph import CoactGraph
+from solvers.base import ProgressFn, SolverBase, register
+from solvers.candidates import candidate_pattern
+from solvers.errors import SolverError
+from solvers.graph import CoactGraph, as_graph
+from solvers.paths import cover_to_perm, edges_by_weight, merge_edges, new_cover
+from solvers.ripple import RippleSolver
 
 DEFAULT_TIME_LIMIT = 10.0
 
 
-def induced_subgraph(graph: "CoactGraph", nodes: np.ndarray) -> "CoactGraph":
-    """The CoactGraph on `nodes` (new ids 0..len(nodes)-1 in the given order), same n_tokens."""
-    from coact.graph import CoactGraph
-
-    nodes = np.asarray(nodes, dtype=np.int64)
-    c = sp.csr_array(graph.counts)[nodes][:, nodes]
-    return CoactGraph(counts=c, freq=np.asarray(graph.freq)[nodes], n_tokens=graph.n_tokens,
-                      meta=dict(getattr(graph, "meta", {}) or {}))
-
-
-def candidate_graph(graph: "CoactGraph", k: int) -> sp.csr_array:
+def candidate_graph(graph: CoactGraph, k: int) -> sp.csr_array:
     """The counts restricted to pairs where one end is among the other's top-k partners (symmetric)."""
-    from .local_search import candidate_lists, csr_arrays
-
-    n = int(graph.n)
-    cand = candidate_lists(csr_arrays(graph), int(k))
-    rows = np.repeat(np.arange(n, dtype=np.int64), cand.shape[1])
-    cols = cand.ravel()
-    ok = cols >= 0
-    keep = sp.csr_array((np.ones(int(ok.sum()), dtype=np.int64), (rows[ok], cols[ok])), shape=(n, n))
-    keep = ((keep + keep.T) > 0).astype(np.int64)
-    return sp.csr_array(sp.csr_array(graph.counts).multiply(keep))
+    return sp.csr_array(sp.csr_array(graph.counts).multiply(candidate_pattern(graph, k)))
 
 
-def leiden_communities(graph: "CoactGraph", *, seed: int = 0, resolution: float = 1.0, n_iterations: int = 2,
+def leiden_communities(counts: Any, *, seed: int = 0, resolution: float = 1.0, n_iterations: int = 2,
                        k: int | None = None) -> np.ndarray:
     """int64[n] community label per neuron (Leiden, modularity, count weights; seeded).
 
@@ -66,6 +50,7 @@ def leiden_communities(graph: "CoactGraph", *, seed: int = 0, resolution: float 
     """
     import igraph as ig
 
+    graph = as_graph(counts)
     n = int(graph.n)
     if n == 0:
         return np.zeros(0, dtype=np.int64)
@@ -118,10 +103,8 @@ def _orient(paths: list[np.ndarray], counts) -> list[np.ndarray]:
     return out  # type: ignore[return-value]
 
 
-def order_communities(graph: "CoactGraph", labels: np.ndarray) -> np.ndarray:
+def order_communities(graph: CoactGraph, labels: np.ndarray) -> np.ndarray:
     """Community ids in chain order (greedy path merging on summed inter-community counts; leftovers by size)."""
-    from .path_cover import cover_to_perm, edges_by_weight, merge_edges, new_cover
-
     k = int(labels.max()) + 1 if labels.size else 0
     if k <= 1:
         return np.arange(k, dtype=np.int64)
@@ -136,7 +119,7 @@ def order_communities(graph: "CoactGraph", labels: np.ndarray) -> np.ndarray:
 
 
 @register("leiden")
-class LeidenSolver:
+class LeidenSolver(SolverBase):
     """Leiden communities (modularity, seeded), Ripple greedy inside each, communities chained by inter-weight.
 
     Parameters:
@@ -162,10 +145,8 @@ class LeidenSolver:
         self.time_limit = float(time_limit)
         self.labels: np.ndarray | None = None
 
-    def solve(self, graph: "CoactGraph", *, seed: int = 0, time_limit: float | None = None,
-              init: np.ndarray | None = None) -> np.ndarray:
-        from .base import get_solver
-
+    def _solve(self, graph: CoactGraph, *, seed: int, time_limit: float | None, init: np.ndarray | None,
+               progress: ProgressFn | None) -> np.ndarray:
         n = int(graph.n)
         if n <= 1:
             return np.arange(n, dtype=np.int64)
@@ -175,10 +156,7 @@ class LeidenSolver:
         _, labels = np.unique(labels, return_inverse=True)
         labels = labels.astype(np.int64)
         self.labels = labels
-        try:
-            inner = get_solver("ripple")
-        except SolverError:  # pragma: no cover - ripple is a built-in
-            inner = get_solver("path-cover", method="greedy")
+        inner = RippleSolver()
         order = order_communities(graph, labels)
         members = [np.flatnonzero(labels == c) for c in range(int(labels.max()) + 1)]
         paths: list[np.ndarray] = []
@@ -187,8 +165,7 @@ class LeidenSolver:
             if nodes.size <= 1:
                 paths.append(nodes)
                 continue
-            sub = induced_subgraph(graph, nodes)
-            p = check_permutation(inner.solve(sub, seed=seed), nodes.size)
+            p = inner.solve(graph.subgraph(nodes), seed=seed)
             paths.append(nodes[p])
         paths = _orient(paths, graph.counts)
-        return check_permutation(np.concatenate(paths).astype(np.int64), n)
+        return np.concatenate(paths).astype(np.int64)

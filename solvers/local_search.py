@@ -1,4 +1,4 @@
-"""`local-search`: 2-opt and Or-opt improvement of a placement, for the adjacency objective (DESIGN §2).
+"""`local-search`: 2-opt and Or-opt improvement of a placement, for the adjacency objective (docs/DESIGN.md §2).
 
 The placement is a Hamiltonian *path* (ends free) and the objective is the sum of co-activation counts of adjacent
 positions, so this is local search for the maximum-weight Hamiltonian path. Two classic neighbourhoods:
@@ -12,54 +12,38 @@ positions, so this is local search for the maximum-weight Hamiltonian path. Two 
 Moves are generated from a **candidate-neighbour list** (the top-k co-activated partners of each neuron, k=10 by
 default; Johnson & McGeoch 1997, "The TSP: a case study in local optimization"): a move is tried only if it makes a
 neuron adjacent to one of its candidates. The two path ends are always candidates too (moves to the free ends).
-Nodes wait in a queue ("don't-look bits", Bentley 1992); a node whose best move does not improve leaves the
+Nodes wait in a queue ("don't-look bits", Bentley 1992; :mod:`solvers.worklist`); a node whose best move does not improve leaves the
 queue, the endpoints of every applied move re-enter it. Only strictly improving moves are applied and deltas are
 exact int64 arithmetic on the counts, so the objective never decreases. The search stops at a local optimum
 (empty queue) or when `time_limit` is used up (checked between chunks of the compiled kernel).
 
-Start: `init` if given, else the Ripple greedy placement (`get_solver("ripple")`; if that solver is not available,
-:mod:`solvers.path_cover`'s greedy). The kernels are compiled with numba (`cache=True`).
+Start: `init` if given, else the Ripple greedy placement (:func:`solvers.ripple.default_start`). The kernels are
+compiled with numba (`cache=True`).
 
-This module also holds the helpers other solvers share: :func:`csr_arrays` (sorted int64 CSR),
-:func:`candidate_lists` (top-k partners) and the compiled weight lookup.
+This module also holds what other solvers share for the adjacency objective: the compiled weight lookup
+:func:`w_lookup`, :func:`path_weight` and :func:`improve` (``path-cover`` polishes with it). The candidate lists
+come from :mod:`solvers.candidates` (re-exported here, with :func:`solvers.graph.csr_arrays`).
 """
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
 
 import numpy as np
-import scipy.sparse as sp
 from numba import njit
 
-from .base import SolverError, check_permutation, register
+from solvers.base import ProgressFn, SolverBase, register
+from solvers.candidates import candidate_lists
+from solvers.errors import SolverError
+from solvers.graph import CoactGraph, csr_arrays
+from solvers.ripple import default_start
+from solvers.worklist import new_queue, pop, push
 
-if TYPE_CHECKING:  # pragma: no cover
-    from coact.graph import CoactGraph
+__all__ = ["LocalSearchSolver", "candidate_lists", "csr_arrays", "improve", "path_weight", "w_lookup"]
 
 DEFAULT_TIME_LIMIT = 10.0
 
 
 # --------------------------------------------------------------------------------------------- shared helpers
-
-
-def csr_arrays(graph_or_matrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """`(indptr, indices, data)` of the co-activation counts as int64 with sorted column indices and no zeros.
-
-    Accepts a CoactGraph (uses `.counts`) or any scipy sparse / dense square matrix. Float counts are rounded.
-    """
-    m = getattr(graph_or_matrix, "counts", graph_or_matrix)
-    if hasattr(graph_or_matrix, "counts") and sp.issparse(m) and m.format == "csr" and m.dtype == np.int64:
-        # CoactGraph keeps its counts canonical (int64, sorted indices, no zeros, no diagonal): no copy needed
-        return (np.asarray(m.indptr, dtype=np.int64), np.asarray(m.indices, dtype=np.int64), np.asarray(m.data))
-    m = sp.csr_matrix(m, copy=True)
-    if m.dtype.kind == "f":
-        m.data = np.rint(m.data)
-    m.data = m.data.astype(np.int64, copy=False)
-    m.setdiag(0)
-    m.eliminate_zeros()
-    m.sort_indices()
-    return (m.indptr.astype(np.int64), m.indices.astype(np.int64), m.data.astype(np.int64))
 
 
 @njit(cache=True)
@@ -82,65 +66,12 @@ def w_lookup(indptr, indices, data, a, b):
 
 
 @njit(cache=True)
-def _topk_rows(indptr, indices, data, k):
-    n = indptr.shape[0] - 1
-    out = np.full((n, k), -1, dtype=np.int64)
-    best = np.zeros(k, dtype=np.int64)
-    for i in range(n):
-        m = 0  # filled entries, kept sorted by weight descending (ties: lower id first since scanned ascending)
-        for e in range(indptr[i], indptr[i + 1]):
-            wt = data[e]
-            if wt <= 0:
-                continue
-            j = indices[e]
-            if m == k and wt <= best[k - 1]:
-                continue
-            pos = m if m < k else k - 1
-            while pos > 0 and best[pos - 1] < wt:
-                if pos < k:
-                    best[pos] = best[pos - 1]
-                    out[i, pos] = out[i, pos - 1]
-                pos -= 1
-            best[pos] = wt
-            out[i, pos] = j
-            if m < k:
-                m += 1
-    return out
-
-
-def candidate_lists(graph_or_csr, k: int = 10) -> np.ndarray:
-    """int64[n, k]: each neuron's k most co-activated partners (descending count), padded with -1.
-
-    Only partners with a positive count are listed.
-    """
-    if isinstance(graph_or_csr, tuple):
-        indptr, indices, data = graph_or_csr
-    else:
-        indptr, indices, data = csr_arrays(graph_or_csr)
-    k = max(1, int(k))
-    return _topk_rows(indptr, indices, data, k)
-
-
-@njit(cache=True)
 def path_weight(perm, indptr, indices, data):
     """Adjacency objective of `perm` (same value as :func:`solvers.base.objective`)."""
     s = 0
     for p in range(perm.shape[0] - 1):
         s += w_lookup(indptr, indices, data, perm[p], perm[p + 1])
     return s
-
-
-def default_start(graph: "CoactGraph", seed: int = 0, time_limit: float | None = None) -> np.ndarray:
-    """The Ripple greedy placement, or path-cover's greedy if `ripple` is not registered."""
-    from .base import get_solver
-
-    try:
-        s = get_solver("ripple")
-    except SolverError:
-        from .path_cover import greedy_path_cover_perm
-
-        return greedy_path_cover_perm(graph)
-    return check_permutation(s.solve(graph, seed=seed, time_limit=time_limit), graph.n)
 
 
 # --------------------------------------------------------------------------------------------- the kernel
@@ -194,29 +125,15 @@ def _move_segment(perm, pos, i, L, q, rev):
 
 
 @njit(cache=True)
-def _push(x, queue, inq, qhead, qlen, n):
-    if x >= 0 and not inq[x]:
-        queue[(qhead + qlen) % n] = x
-        inq[x] = True
-        qlen += 1
-    return qlen
-
-
-@njit(cache=True)
 def _ls_kernel(perm, pos, indptr, indices, data, cand, queue, inq, qstate, max_nodes, maxseg, use_2opt, use_oropt):
-    """Process up to `max_nodes` queued nodes. qstate = [qhead, qlen]. Returns the total gain of applied moves."""
+    """Process up to `max_nodes` queued nodes (:mod:`solvers.worklist`). Returns the total gain of applied moves."""
     n = perm.shape[0]
     k = cand.shape[1]
-    qhead = qstate[0]
-    qlen = qstate[1]
     total = 0
     processed = 0
     extra = np.empty(k + 2, dtype=np.int64)
-    while qlen > 0 and processed < max_nodes:
-        a = queue[qhead]
-        qhead = (qhead + 1) % n
-        qlen -= 1
-        inq[a] = False
+    while qstate[1] > 0 and processed < max_nodes:
+        a = pop(queue, inq, qstate)
         processed += 1
         for t in range(k):
             extra[t] = cand[a, t]
@@ -304,25 +221,19 @@ def _ls_kernel(perm, pos, indptr, indices, data, cand, queue, inq, qstate, max_n
                             u = _at(perm, n, q)
                             v = _at(perm, n, q + 1)
                             wuv = w_lookup(indptr, indices, data, u, v)
-                            # forward: u, s0..s1, v
-                            d = rem + w_lookup(indptr, indices, data, u, s0) + w_lookup(indptr, indices, data, s1, v) - wuv
-                            if d > best:
-                                best = d
-                                btype = 2
-                                bi = i
-                                bL = L
-                                bq = q
-                                brev = False
-                            if L > 1:
-                                d = (rem + w_lookup(indptr, indices, data, u, s1)
-                                     + w_lookup(indptr, indices, data, s0, v) - wuv)
+                            # forward: u, s0..s1, v; then reversed: u, s1..s0, v (a single neuron has one way)
+                            for rv in range(2 if L > 1 else 1):
+                                first = s0 if rv == 0 else s1
+                                last = s1 if rv == 0 else s0
+                                d = (rem + w_lookup(indptr, indices, data, u, first)
+                                     + w_lookup(indptr, indices, data, last, v) - wuv)
                                 if d > best:
                                     best = d
                                     btype = 2
                                     bi = i
                                     bL = L
                                     bq = q
-                                    brev = True
+                                    brev = rv == 1
         if best > 0:
             total += best
             if btype == 1:
@@ -331,10 +242,10 @@ def _ls_kernel(perm, pos, indptr, indices, data, cand, queue, inq, qstate, max_n
                 touched2 = perm[bj]
                 touched3 = _at(perm, n, bj + 1)
                 _reverse(perm, pos, bi, bj)
-                qlen = _push(touched0, queue, inq, qhead, qlen, n)
-                qlen = _push(touched1, queue, inq, qhead, qlen, n)
-                qlen = _push(touched2, queue, inq, qhead, qlen, n)
-                qlen = _push(touched3, queue, inq, qhead, qlen, n)
+                push(touched0, queue, inq, qstate)
+                push(touched1, queue, inq, qstate)
+                push(touched2, queue, inq, qstate)
+                push(touched3, queue, inq, qstate)
             else:
                 touched0 = _at(perm, n, bi - 1)
                 touched1 = perm[bi]
@@ -343,15 +254,13 @@ def _ls_kernel(perm, pos, indptr, indices, data, cand, queue, inq, qstate, max_n
                 touched4 = _at(perm, n, bq)
                 touched5 = _at(perm, n, bq + 1)
                 _move_segment(perm, pos, bi, bL, bq, brev)
-                qlen = _push(touched0, queue, inq, qhead, qlen, n)
-                qlen = _push(touched1, queue, inq, qhead, qlen, n)
-                qlen = _push(touched2, queue, inq, qhead, qlen, n)
-                qlen = _push(touched3, queue, inq, qhead, qlen, n)
-                qlen = _push(touched4, queue, inq, qhead, qlen, n)
-                qlen = _push(touched5, queue, inq, qhead, qlen, n)
-            qlen = _push(a, queue, inq, qhead, qlen, n)
-    qstate[0] = qhead
-    qstate[1] = qlen
+                push(touched0, queue, inq, qstate)
+                push(touched1, queue, inq, qstate)
+                push(touched2, queue, inq, qstate)
+                push(touched3, queue, inq, qstate)
+                push(touched4, queue, inq, qstate)
+                push(touched5, queue, inq, qstate)
+            push(a, queue, inq, qstate)
     return total
 
 
@@ -380,11 +289,7 @@ def improve(
         if history is not None:
             history.append(int(path_weight(perm, indptr, indices, data)))
         return perm
-    pos = np.empty(n, dtype=np.int64)
-    pos[perm] = np.arange(n, dtype=np.int64)
-    queue = perm.copy()  # initial order: placement order
-    inq = np.ones(n, dtype=np.bool_)
-    qstate = np.array([0, n], dtype=np.int64)
+    pos, queue, inq, qstate = new_queue(perm)
     cur = int(path_weight(perm, indptr, indices, data))
     if history is not None:
         history.append(cur)
@@ -400,7 +305,7 @@ def improve(
 
 
 @register("local-search")
-class LocalSearchSolver:
+class LocalSearchSolver(SolverBase):
     """2-opt + Or-opt (segments of 1-3) over top-k candidate neighbours, improving moves only.
 
     Parameters:
@@ -420,17 +325,15 @@ class LocalSearchSolver:
         self.time_limit = float(time_limit)
         self.history: list[int] = []
 
-    def solve(self, graph: "CoactGraph", *, seed: int = 0, time_limit: float | None = None,
-              init: np.ndarray | None = None) -> np.ndarray:
+    def _solve(self, graph: CoactGraph, *, seed: int, time_limit: float | None, init: np.ndarray | None,
+               progress: ProgressFn | None) -> np.ndarray:
         t0 = time.perf_counter()
         limit = self.time_limit if time_limit is None else float(time_limit)
         n = int(graph.n)
         self.history = []
         if n == 0:
             return np.zeros(0, dtype=np.int64)
-        if init is None:
-            init = default_start(graph, seed=seed, time_limit=limit / 2)
-        perm = check_permutation(init, n)
+        perm = default_start(graph, seed=seed) if init is None else init
         csr = csr_arrays(graph)
         cand = candidate_lists(csr, self.k)
         left = max(0.0, limit - (time.perf_counter() - t0))

@@ -3,7 +3,7 @@
 Reduction: nodes 1..N are the neurons, node 0 is a dummy depot at cost 0 to and from every neuron, so a tour
 0 -> a_1 -> ... -> a_N -> 0 is exactly an open path a_1..a_N whose cost is
 sum_p (C - c[a_p, a_{p+1}]) = (N-1) C - objective, with C the largest count. Minimising the tour cost therefore
-maximises the DESIGN §2 objective. Costs are int64 (exact).
+maximises the docs/DESIGN.md §2 objective. Costs are int64 (exact).
 
 Search: the first solution is `init` if given, else the Ripple greedy placement (``start="ripple"``) loaded with
 ``ReadAssignmentFromRoutes``, or OR-tools' own ``PATH_CHEAPEST_ARC`` (``start="cheapest-arc"``); then
@@ -21,14 +21,13 @@ callback per arc. It is dense, (N+1)² int64 values, so the solver refuses graph
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .base import SolverError, check_permutation, register
-
-if TYPE_CHECKING:  # pragma: no cover
-    from coact.graph import CoactGraph
+from solvers.base import ProgressFn, SolverBase, register
+from solvers.errors import SolverError
+from solvers.graph import CoactGraph
+from solvers.ripple import default_start
 
 DEFAULT_TIME_LIMIT = 10.0
 DEFAULT_MAX_N = 2000
@@ -36,7 +35,7 @@ DEFAULT_MAX_SOLUTIONS = 100
 
 
 @register("ortools")
-class OrToolsSolver:
+class OrToolsSolver(SolverBase):
     """OR-tools routing (dummy depot, integer costs max_count - count, guided local search).
 
     Parameters:
@@ -63,8 +62,8 @@ class OrToolsSolver:
         self.max_solutions = int(max_solutions)
         self.status = ""
 
-    def solve(self, graph: "CoactGraph", *, seed: int = 0, time_limit: float | None = None,
-              init: np.ndarray | None = None) -> np.ndarray:
+    def _solve(self, graph: CoactGraph, *, seed: int, time_limit: float | None, init: np.ndarray | None,
+               progress: ProgressFn | None) -> np.ndarray:
         t0 = time.perf_counter()
         limit = self.time_limit if time_limit is None else float(time_limit)
         n = int(graph.n)
@@ -73,14 +72,10 @@ class OrToolsSolver:
                 f"ortools builds a dense {n + 1}x{n + 1} cost matrix; {n} neurons exceed max_n={self.max_n} "
                 "(raise max_n, or use path-cover+local-search / leiden+local-search for large layers)")
         if n <= 2 or graph.counts.nnz == 0:
-            return check_permutation(init, n) if init is not None else np.arange(n, dtype=np.int64)
+            return init if init is not None else np.arange(n, dtype=np.int64)
         from ortools.constraint_solver import pywrapcp, routing_enums_pb2
 
-        if init is None and self.start == "ripple":
-            from .local_search import default_start
-
-            init = default_start(graph, seed=seed, time_limit=limit / 3)
-        start = check_permutation(init, n) if init is not None else None
+        start = default_start(graph, seed=seed) if init is None and self.start == "ripple" else init
 
         dense = np.asarray(graph.counts.toarray(), dtype=np.int64)
         cmax = int(dense.max())
@@ -126,4 +121,4 @@ class OrToolsSolver:
             if node != 0:
                 perm.append(node - 1)
             idx = sol.Value(routing.NextVar(idx))
-        return check_permutation(np.asarray(perm, dtype=np.int64), n)
+        return np.asarray(perm, dtype=np.int64)

@@ -32,124 +32,22 @@ Measured (N = 1,536 SmolLM2 layers): 0.1-0.5 % below the LP bound in ~5-10 s, vs
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
 
 import numpy as np
-import scipy.sparse as sp
-from numba import njit
 
-from .base import SolverError, register
-
-if TYPE_CHECKING:  # pragma: no cover
-    from coact.graph import CoactGraph
+from solvers.base import ProgressFn, SolverBase, register
+from solvers.bounds import solve_two_matching_lp
+from solvers.candidates import candidate_lists
+from solvers.errors import SolverError
+from solvers.graph import CoactGraph, csr_arrays
+from solvers.local_search import improve, path_weight
+from solvers.paths import cover_to_perm, edges_by_weight, merge_edges, new_cover
 
 DEFAULT_TIME_LIMIT = 10.0
 
 
-@njit(cache=True)
-def _find(parent, x):
-    r = x
-    while parent[r] != r:
-        r = parent[r]
-    while parent[x] != r:
-        nx = parent[x]
-        parent[x] = r
-        x = nx
-    return r
-
-
-@njit(cache=True)
-def merge_edges(nbr, deg, parent, eu, ev):
-    """Kruskal-style path merging: add edges (eu[i], ev[i]) in order when both degrees < 2 and no cycle forms.
-
-    `nbr` int64[n, 2] (-1 = empty), `deg` int64[n], `parent` union-find int64[n] are updated in place.
-    Returns the number of edges added.
-    """
-    added = 0
-    for t in range(eu.shape[0]):
-        a = eu[t]
-        b = ev[t]
-        if a == b or deg[a] >= 2 or deg[b] >= 2:
-            continue
-        ra = _find(parent, a)
-        rb = _find(parent, b)
-        if ra == rb:
-            continue
-        parent[ra] = rb
-        nbr[a, deg[a]] = b
-        deg[a] += 1
-        nbr[b, deg[b]] = a
-        deg[b] += 1
-        added += 1
-    return added
-
-
-@njit(cache=True)
-def walk_paths(nbr, deg):
-    """The paths of a path cover: (order int64[n], starts int64[n_paths + 1]) — path i is order[starts[i]:starts[i+1]]."""
-    n = deg.shape[0]
-    seen = np.zeros(n, dtype=np.bool_)
-    order = np.empty(n, dtype=np.int64)
-    starts = np.zeros(n + 1, dtype=np.int64)
-    k = 0
-    npaths = 0
-    for s in range(n):
-        if seen[s] or deg[s] == 2:
-            continue
-        starts[npaths] = k
-        npaths += 1
-        prev = -1
-        cur = s
-        while cur != -1:
-            seen[cur] = True
-            order[k] = cur
-            k += 1
-            nxt = -1
-            for t in range(deg[cur]):
-                y = nbr[cur, t]
-                if y != prev and not seen[y]:
-                    nxt = y
-                    break
-            prev = cur
-            cur = nxt
-    starts[npaths] = k
-    return order, starts[: npaths + 1]
-
-
-def new_cover(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Empty path-cover state `(nbr, deg, parent)` for :func:`merge_edges`."""
-    return np.full((n, 2), -1, dtype=np.int64), np.zeros(n, dtype=np.int64), np.arange(n, dtype=np.int64)
-
-
-def edges_by_weight(counts) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """All stored unordered pairs (u < v) sorted by decreasing count (ties: by u, then v)."""
-    tri = sp.triu(sp.csr_array(counts), k=1).tocsr().tocoo()  # canonical: sorted by (u, v)
-    u = tri.row.astype(np.int64)
-    v = tri.col.astype(np.int64)
-    w = tri.data
-    o = np.argsort(-w, kind="stable")
-    return u[o], v[o], w[o]
-
-
-def cover_to_perm(nbr: np.ndarray, deg: np.ndarray) -> np.ndarray:
-    """Concatenate the paths of a cover, longest first (ties: smallest first node)."""
-    order, starts = walk_paths(nbr, deg)
-    lens = np.diff(starts)
-    idx = np.lexsort((order[starts[:-1]], -lens))
-    return np.concatenate([order[starts[i]:starts[i + 1]] for i in idx]).astype(np.int64) if idx.size else order
-
-
-def greedy_path_cover_perm(graph: "CoactGraph") -> np.ndarray:
-    """Kruskal-style greedy on counts (the Ripple greedy with count weights), paths concatenated."""
-    n = int(graph.n)
-    nbr, deg, parent = new_cover(n)
-    u, v, _ = edges_by_weight(graph.counts)
-    merge_edges(nbr, deg, parent, u, v)
-    return cover_to_perm(nbr, deg)
-
-
 @register("path-cover")
-class PathCoverSolver:
+class PathCoverSolver(SolverBase):
     """Max-weight path cover (LP 2-matching rounded by greedy b-matching with cycle breaking), paths chained.
 
     Parameters:
@@ -178,10 +76,8 @@ class PathCoverSolver:
         self.time_limit = float(time_limit)
         self.lp_status = ""
 
-    def solve(self, graph: "CoactGraph", *, seed: int = 0, time_limit: float | None = None,
-              init: np.ndarray | None = None) -> np.ndarray:
-        from .local_search import csr_arrays, path_weight
-
+    def _solve(self, graph: CoactGraph, *, seed: int, time_limit: float | None, init: np.ndarray | None,
+               progress: ProgressFn | None) -> np.ndarray:
         t0 = time.perf_counter()
         limit = self.time_limit if time_limit is None else float(time_limit)
         n = int(graph.n)
@@ -191,8 +87,6 @@ class PathCoverSolver:
         orders: list[tuple[np.ndarray, np.ndarray]] = []
         self.lp_status = "skipped"
         if self.method == "lp" and graph.counts.nnz:
-            from .bounds import solve_two_matching_lp
-
             try:
                 res = solve_two_matching_lp(graph, k=self.k, cuts=self.cuts, max_rounds=self.lp_rounds,
                                             time_limit=max(0.2, self.lp_share * limit), price_tol=1e-4)
@@ -222,8 +116,6 @@ class PathCoverSolver:
             if obj > best_obj:
                 best, best_obj = perm, obj
         if self.polish and n >= 3:
-            from .local_search import candidate_lists, improve
-
             left = max(0.0, limit - (time.perf_counter() - t0))
             best = improve(best, csr, candidate_lists(csr, 10), time_limit=left)
         return best

@@ -1,5 +1,5 @@
 """Ripple / Neuralink greedy placement (Wang et al., "Ripple: Accelerating LLM Inference on Smartphones with
-Correlation-Aware Neuron Management", 2024; extended as Neuralink, 2025) — DESIGN §5's main baseline.
+Correlation-Aware Neuron Management", 2024; extended as Neuralink, 2025) — docs/DESIGN.md §5's main baseline.
 
 The paper frames placement as a shortest Hamiltonian path: the distance between neurons i and j is 1 - P(ij), where
 P(ij) is the share of co-activation counts, and a path visiting every neuron with small total distance puts
@@ -28,109 +28,17 @@ near-constant-time union-find, O(E alpha(N)). About 0.1-0.3 s for N = 1,536 with
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
-from numba import njit
 
-from solvers.base import SolverError, register
-
-if TYPE_CHECKING:  # pragma: no cover
-    from coact.graph import CoactGraph
-
-
-@njit(cache=True)
-def _find(parent: np.ndarray, x: int) -> int:
-    while parent[x] != x:
-        parent[x] = parent[parent[x]]  # path halving
-        x = parent[x]
-    return x
+from solvers.base import ProgressFn, SolverBase, register
+from solvers.errors import SolverError
+from solvers.graph import CoactGraph, as_graph
+from solvers.paths import concat_paths, merge_edges, new_cover, walk_paths
 
 
-@njit(cache=True)
-def _merge_paths(u: np.ndarray, v: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """Greedy path merging over pairs already sorted best-first. Returns (nbr [n, 2] with -1 = none, deg [n], links)."""
-    nbr = np.full((n, 2), -1, dtype=np.int64)
-    deg = np.zeros(n, dtype=np.int64)
-    parent = np.arange(n, dtype=np.int64)
-    size = np.ones(n, dtype=np.int64)
-    links = 0
-    for e in range(u.shape[0]):
-        if links >= n - 1:
-            break
-        a = u[e]
-        b = v[e]
-        if deg[a] >= 2 or deg[b] >= 2:
-            continue
-        ra = _find(parent, a)
-        rb = _find(parent, b)
-        if ra == rb:
-            continue
-        if size[ra] < size[rb]:
-            ra, rb = rb, ra
-        parent[rb] = ra
-        size[ra] += size[rb]
-        nbr[a, deg[a]] = b
-        deg[a] += 1
-        nbr[b, deg[b]] = a
-        deg[b] += 1
-        links += 1
-    return nbr, deg, links
-
-
-@njit(cache=True)
-def _walk_fragments(
-    nbr: np.ndarray, deg: np.ndarray, freq: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Walk every path from an endpoint. Returns (order [n], frag_start, frag_len, frag_freq).
-
-    Each fragment is laid out from its more active endpoint (ties: smaller id). The links form a forest of paths
-    (union-find forbids cycles), so every neuron is reached from an endpoint of degree <= 1.
-    """
-    n = nbr.shape[0]
-    order = np.empty(n, dtype=np.int64)
-    visited = np.zeros(n, dtype=np.bool_)
-    fs = np.empty(n, dtype=np.int64)
-    fl = np.empty(n, dtype=np.int64)
-    ff = np.empty(n, dtype=np.int64)
-    nf = 0
-    pos = 0
-    for s in range(n):
-        if visited[s] or deg[s] == 2:
-            continue
-        start = pos
-        prev = -1
-        cur = s
-        tot = 0
-        while cur != -1:
-            visited[cur] = True
-            order[pos] = cur
-            pos += 1
-            tot += freq[cur]
-            nxt = nbr[cur, 0]
-            if nxt == prev:
-                nxt = nbr[cur, 1]
-            prev = cur
-            cur = nxt
-        a = order[start]
-        b = order[pos - 1]
-        if freq[b] > freq[a] or (freq[b] == freq[a] and b < a):
-            i = start
-            j = pos - 1
-            while i < j:
-                t = order[i]
-                order[i] = order[j]
-                order[j] = t
-                i += 1
-                j -= 1
-        fs[nf] = start
-        fl[nf] = pos - start
-        ff[nf] = tot
-        nf += 1
-    return order[:pos], fs[:nf], fl[:nf], ff[:nf]
-
-
-def _sorted_pairs(graph: "CoactGraph", weight: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _sorted_pairs(graph: CoactGraph, weight: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Stored pairs (u < v) best-first: decreasing weight, equal weights in a seeded random order."""
     u, v, c = graph.edges("count")
     m = u.size
@@ -151,8 +59,20 @@ def _sorted_pairs(graph: "CoactGraph", weight: str, seed: int) -> tuple[np.ndarr
     return u[order], v[order]
 
 
+def _chain_fragments(order: np.ndarray, starts: np.ndarray, freq: np.ndarray) -> np.ndarray:
+    """Orient every fragment from its more active end (ties: smaller id) and chain the fragments by total activation
+    count, descending (ties: by their first neuron id)."""
+    first, last = order[starts[:-1]], order[starts[1:] - 1]
+    flip = (freq[last] > freq[first]) | ((freq[last] == freq[first]) & (last < first))
+    lens = np.diff(starts)
+    for i in np.flatnonzero(flip & (lens > 1)):
+        order[starts[i]:starts[i + 1]] = order[starts[i]:starts[i + 1]][::-1].copy()
+    total = np.add.reduceat(freq[order], starts[:-1]) if lens.size else np.zeros(0, np.int64)
+    return concat_paths(order, starts, np.lexsort((order[starts[:-1]], -total)))
+
+
 @register("ripple")
-class RippleSolver:
+class RippleSolver(SolverBase):
     """Ripple's greedy Kruskal-style path merging on distance 1 - P(ij) (see the module docstring).
 
     Args:
@@ -171,23 +91,20 @@ class RippleSolver:
             raise SolverError(f"ripple: unknown weight {weight!r} (expected p, count, distance or jaccard)")
         self.weight = weight
 
-    def solve(
-        self,
-        graph: "CoactGraph",
-        *,
-        seed: int = 0,
-        time_limit: float | None = None,
-        init: np.ndarray | None = None,
-    ) -> np.ndarray:
+    def _solve(self, graph: CoactGraph, *, seed: int, time_limit: float | None, init: np.ndarray | None,
+               progress: ProgressFn | None) -> np.ndarray:
         n = graph.n
         if n == 0:
             return np.zeros(0, dtype=np.int64)
         u, v = _sorted_pairs(graph, self.weight, seed)
-        nbr, deg, _ = _merge_paths(u.astype(np.int64), v.astype(np.int64), n)
-        order, fs, fl, ff = _walk_fragments(nbr, deg, np.asarray(graph.freq, dtype=np.int64))
-        # Chain fragments: total frequency descending, ties by their first neuron id.
-        fo = np.lexsort((order[fs], -ff))
-        lens = fl[fo]
-        before = np.cumsum(lens) - lens
-        idx = np.arange(n, dtype=np.int64) - np.repeat(before, lens) + np.repeat(fs[fo], lens)
-        return order[idx]
+        nbr, deg, parent = new_cover(n)
+        merge_edges(nbr, deg, parent, u.astype(np.int64), v.astype(np.int64))
+        order, starts = walk_paths(nbr, deg)
+        return _chain_fragments(order, starts, np.asarray(graph.freq, dtype=np.int64))
+
+
+def default_start(counts: Any, seed: int = 0) -> np.ndarray:
+    """The Ripple greedy placement: the start of the improvement solvers (``local-search``, ``ortools``,
+    ``collapse-ls``) when they get no ``init`` — fast (well under a second per layer) and already close to the
+    best known placements, so the search spends its time on the last few per cent."""
+    return RippleSolver().solve(as_graph(counts), seed=seed)

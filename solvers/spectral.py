@@ -16,16 +16,15 @@ matrix bandwidth. It ignores weights, so it runs on the **candidate graph**: eve
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components, reverse_cuthill_mckee
+from scipy.sparse.linalg import eigsh
 
-from .base import SolverError, register
-
-if TYPE_CHECKING:  # pragma: no cover
-    from coact.graph import CoactGraph
+from solvers.base import ProgressFn, SolverBase, register
+from solvers.candidates import candidate_pattern
+from solvers.errors import SolverError
+from solvers.graph import CoactGraph
 
 DENSE_BELOW = 400
 
@@ -42,8 +41,6 @@ def fiedler_order(w: sp.csr_array, seed: int = 0) -> np.ndarray:
         vals, vecs = np.linalg.eigh(m.toarray())
         v = vecs[:, -2]
     else:
-        from scipy.sparse.linalg import eigsh
-
         v0 = np.random.default_rng(seed).random(n) + 0.5
         try:
             vals, vecs = eigsh(m, k=2, which="LA", v0=v0, tol=1e-8, maxiter=max(1000, 20 * n))
@@ -58,7 +55,7 @@ def fiedler_order(w: sp.csr_array, seed: int = 0) -> np.ndarray:
     return np.lexsort((np.arange(n), f)).astype(np.int64)
 
 
-def _components(graph: "CoactGraph") -> list[np.ndarray]:
+def _components(graph: CoactGraph) -> list[np.ndarray]:
     c = sp.csr_array(graph.counts)
     ncomp, lab = connected_components(c, directed=False)
     size = np.bincount(lab, minlength=ncomp)
@@ -72,17 +69,14 @@ def _components(graph: "CoactGraph") -> list[np.ndarray]:
 
 
 @register("spectral")
-class SpectralSolver:
+class SpectralSolver(SolverBase):
     """Fiedler-vector order of the normalised Laplacian, per connected component (components largest first)."""
 
     name = "spectral"
     optimises = "min sum_ij count_ij (pos_i - pos_j)^2 (continuous relaxation; Fiedler vector), a linear-arrangement baseline"
 
-    def __init__(self) -> None:
-        pass
-
-    def solve(self, graph: "CoactGraph", *, seed: int = 0, time_limit: float | None = None,
-              init: np.ndarray | None = None) -> np.ndarray:
+    def _solve(self, graph: CoactGraph, *, seed: int, time_limit: float | None, init: np.ndarray | None,
+               progress: ProgressFn | None) -> np.ndarray:
         n = int(graph.n)
         if n <= 1:
             return np.arange(n, dtype=np.int64)
@@ -99,7 +93,7 @@ class SpectralSolver:
 
 
 @register("rcm")
-class RCMSolver:
+class RCMSolver(SolverBase):
     """Reverse Cuthill-McKee on the top-k candidate graph (bandwidth minimisation).
 
     Parameters:
@@ -114,18 +108,11 @@ class RCMSolver:
             raise SolverError("rcm needs k >= 1")
         self.k = int(k)
 
-    def solve(self, graph: "CoactGraph", *, seed: int = 0, time_limit: float | None = None,
-              init: np.ndarray | None = None) -> np.ndarray:
-        from .local_search import candidate_lists, csr_arrays
-
+    def _solve(self, graph: CoactGraph, *, seed: int, time_limit: float | None, init: np.ndarray | None,
+               progress: ProgressFn | None) -> np.ndarray:
         n = int(graph.n)
         if n <= 1 or graph.counts.nnz == 0:
             return np.arange(n, dtype=np.int64)
-        cand = candidate_lists(csr_arrays(graph), self.k)
-        rows = np.repeat(np.arange(n, dtype=np.int64), cand.shape[1])
-        cols = cand.ravel()
-        ok = cols >= 0
-        a = sp.csr_array((np.ones(int(ok.sum())), (rows[ok], cols[ok])), shape=(n, n))
-        a = ((a + a.T) > 0).astype(np.float64).tocsr()
+        a = candidate_pattern(graph, self.k).astype(np.float64)
         perm = reverse_cuthill_mckee(sp.csr_matrix(a), symmetric_mode=True)
         return np.asarray(perm, dtype=np.int64)

@@ -11,7 +11,7 @@ import pytest
 def direct_io_dir(tmp_path: Path):
     """A directory where O_DIRECT works: tmp_path if its file system supports it (not tmpfs), else a temporary
     directory inside the repository (on the real disk); skips if neither does."""
-    from runtime.io import direct_io_supported
+    from runtime.direct import direct_io_supported
 
     if direct_io_supported(tmp_path):
         yield tmp_path
@@ -39,7 +39,7 @@ def smollm2():
 @pytest.fixture(scope="session")
 def smollm2_trace(smollm2, tmp_path_factory):
     """A real 512-token CATS-90 % trace of the built-in corpus (tokens [0, 512), windows of 256)."""
-    from coact.pipeline import capture
+    from coact.workflow import capture
 
     out = tmp_path_factory.mktemp("trace") / "t"
     return capture(smollm2, "pydoc", out, tokens=MODEL_TRACE_TOKENS, ctx=256, sparsity=0.9, calib_tokens=512,

@@ -10,10 +10,11 @@ Two generators:
 
 - :func:`planted_chains`: draws an actual bit-packed trace [T, 1, nb] (so it also exercises
   :func:`coact.stats.compute_stats`) and its graph. Dense statistics: keep n small (<= a few thousand).
-- :func:`planted_chain_graph`: builds a sparse :class:`~coact.graph.CoactGraph` directly (no trace, no N x N
-  matrix), for scale tests at N = 16,384 (DESIGN §6).
+- :func:`planted_chain_graph`: builds a sparse :class:`~solvers.graph.CoactGraph` directly (no trace, no N x N
+  matrix), for scale tests at N = 16,384 (docs/DESIGN.md §6).
 
-Plus :func:`random_graph` (unstructured instances for conformance tests) and :func:`brute_objective`.
+Plus :func:`random_graph` (unstructured instances) and :func:`brute_objective`, re-exported from
+:mod:`solvers.testing` (the conformance suite needs them and cannot import tests/).
 """
 from __future__ import annotations
 
@@ -24,14 +25,13 @@ import numpy as np
 import scipy.sparse as sp
 
 from common.bits import pack_bits
-from coact.graph import CoactGraph
+from coact.graph import layer_graph
 from coact.stats import CoactStats, compute_stats
+from solvers.graph import CoactGraph
+from solvers.testing import brute_objective, random_graph, salted_rng as _rng
 
-
-def _rng(seed: int) -> np.random.Generator:
-    # Salted so that the hidden order is never the permutation the `random` solver draws with the same seed
-    # (default_rng(seed).permutation(n) would reproduce the planted order exactly).
-    return np.random.default_rng([int(seed), 0x0C0AC7])
+__all__ = ["PlantedInstance", "adjacent_pairs", "brute_objective", "planted_chain_graph", "planted_chains",
+           "random_graph", "recovery"]
 
 
 @dataclass
@@ -113,7 +113,7 @@ def planted_chains(
             active[tok[m], true_order[pos]] = True
     packed = pack_bits(active)[:, None, :]
     stats = compute_stats(packed, n_neurons=n, progress=False)
-    graph = CoactGraph.from_stats(stats, 0)
+    graph = layer_graph(stats, 0)
     pairs, chains = _chain_pairs(true_order, n_chains, chain_len)
     params = dict(n=n, n_chains=n_chains, chain_len=chain_len, n_tokens=T, seed=seed, noise=noise, window=window)
     return PlantedInstance(graph, true_order, pairs, chains, packed=packed, stats=stats, params=params)
@@ -171,24 +171,6 @@ def planted_chain_graph(
     pairs, chains = _chain_pairs(true_order, n_chains, chain_len)
     params = dict(n=n, chain_len=chain_len, seed=seed, reach=reach, base=base, noise_degree=noise_degree)
     return PlantedInstance(graph, true_order, pairs, chains, params=params)
-
-
-def random_graph(n: int, density: float = 0.3, seed: int = 0, *, max_count: int = 50) -> CoactGraph:
-    """An unstructured random graph: each pair present with probability ``density``, count uniform in
-    [1, max_count]; freq = row max + a random margin (consistent: freq >= counts)."""
-    rng = _rng(seed)
-    c = rng.integers(1, max_count + 1, size=(n, n)) * (rng.random((n, n)) < density)
-    c = np.triu(c, 1)
-    c = c + c.T
-    freq = (c.max(axis=1, initial=0) + rng.integers(0, max_count, size=n)).astype(np.int64)
-    return CoactGraph.from_dense(c, freq=freq, n_tokens=int(freq.max(initial=0)) + 1)
-
-
-def brute_objective(perm: Iterable[int], graph: CoactGraph) -> int:
-    """DESIGN §2 objective by a plain loop over a dense copy (reference for :func:`solvers.base.objective`)."""
-    dense = graph.counts.toarray()
-    p = [int(x) for x in perm]
-    return int(sum(int(dense[a, b]) for a, b in zip(p[:-1], p[1:])))
 
 
 def adjacent_pairs(perm: np.ndarray) -> set[tuple[int, int]]:

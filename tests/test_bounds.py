@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from coact.graph import CoactGraph
+from solvers.graph import CoactGraph
 from solvers.base import SolverError, available_solvers, get_solver, objective
 from solvers.bounds import adjacency_upper_bound, degree_bound, gap_to_bound, solve_two_matching_lp
 
@@ -121,4 +121,4 @@ def test_bound_tight_on_planted_instance():
     best = objective(get_solver("path-cover+local-search").solve(g, seed=0, time_limit=5.0), g)
     assert objective(inst.true_order, g) <= b
     assert best <= b
-    assert gap_to_bound(best, b) < 2.0  # DESIGN §6 target, met with room on planted structure
+    assert gap_to_bound(best, b) < 2.0  # docs/DESIGN.md §6 target, met with room on planted structure

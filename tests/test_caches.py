@@ -1,27 +1,45 @@
-"""DRAM cache policies: one conformance property suite for every registered policy, plus reference checks.
+"""DRAM cache policies: the importable conformance suite (:mod:`runtime.testing`) run over every registered policy
+and over a third-party policy, plus reference checks of the individual policies.
 
-Properties (every policy, hypothesis-generated access sequences over several layers):
+The suite's promises (every policy, seeded and hypothesis-generated access sequences over several layers):
 - the budget holds after every call: resident bundles * bundle_bytes <= budget;
 - the load set is exactly the active set minus what was resident just before, in input order;
 - a hit is only ever on a neuron that was loaded (offered to admit) before, or pinned from the start;
-- the same sequence gives the same load sets (determinism, seeds included).
+- the same sequence gives the same load sets (determinism, seeds included); budget 0 caches nothing;
+  layers are separate; describe() is JSON-able.
 """
 from __future__ import annotations
 
 from collections import OrderedDict, deque
+from typing import Any
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runtime.cache import available_caches, get_cache
-from runtime.replay import load_run_lengths, simulate
-from runtime.layout import Layout
 from common.bits import pack_bits
+from common.errors import RegistryError
+from runtime.caches import CACHES, CacheBase, CacheError, available_caches, get_cache, register_cache
+from runtime.layout import Layout
+from runtime.planner import load_run_lengths
+from runtime.replay import simulate
+from runtime.testing import (
+    CHECK_LAYERS,
+    CHECK_NEURONS,
+    cache_checks,
+    check_cache,
+    check_freq,
+    parametrize_with_checks,
+)
 
-NL, NN = 3, 48
+NL, NN = CHECK_LAYERS, CHECK_NEURONS
 BB = 100
+
+steps_strategy = st.lists(
+    st.tuples(st.integers(0, NL - 1), st.lists(st.integers(0, NN - 1), max_size=20, unique=True)),
+    max_size=30,
+)
 
 
 def _freq(seed: int = 0) -> np.ndarray:
@@ -35,53 +53,77 @@ def make(name: str, capacity: int, extra: int = 37, **params):
     return get_cache(name, capacity * BB + extra, BB, **params)
 
 
-def _runs_of(neurons: np.ndarray) -> np.ndarray:
-    """Run lengths under the identity placement (positions = neuron ids)."""
-    return load_run_lengths(np.arange(NN, dtype=np.int64), np.asarray(neurons, dtype=np.int64))
+def _suite_params(name: str) -> dict[str, Any]:
+    return {"freq": check_freq()} if name.startswith("pinned") else {}
 
 
-def drive(cache, steps):
-    """Run the protocol over `steps`, checking the properties; return the load sets."""
-    loaded_ever: set[tuple[int, int]] = set()
-    pinned0 = {(l, int(n)) for l in range(NL) for n in cache.resident(l)}
-    outs = []
-    budget = cache.budget_bytes
-    for layer, active in steps:
-        a = np.asarray(active, dtype=np.int64)
-        before = set(cache.resident(layer).tolist())
-        s = cache.filter(layer, a)
-        assert s.tolist() == [x for x in a.tolist() if x not in before], "load set != active - resident"
-        for h in set(a.tolist()) - set(s.tolist()):
-            assert (layer, h) in loaded_ever or (layer, h) in pinned0, "hit on a neuron never loaded nor pinned"
-        cache.admit(layer, s, _runs_of(s) if getattr(cache, "wants_runs", False) else None)
-        loaded_ever |= {(layer, int(x)) for x in s.tolist()}
-        assert cache.resident_bundles * BB <= budget, "budget exceeded"
-        assert cache.resident_bundles == sum(cache.resident(l).size for l in range(NL))
-        outs.append(s.tolist())
-    return outs
+@parametrize_with_checks([(name, _suite_params(name)) for name in available_caches()])
+def test_cache_conformance(make, check):
+    check(make)
 
 
-steps_strategy = st.lists(
-    st.tuples(st.integers(0, NL - 1), st.lists(st.integers(0, NN - 1), max_size=20, unique=True)),
-    max_size=30,
-)
+class FifoCache(CacheBase):
+    """A third-party policy (plain FIFO, not registered by coact) held to the same promises."""
+
+    name = "fifo-example"
+
+    def __init__(self, budget_bytes: int, bundle_bytes: int):
+        super().__init__(budget_bytes, bundle_bytes)
+        self._queue: deque[tuple[int, int]] = deque()
+        self._held: set[tuple[int, int]] = set()
+
+    def filter(self, layer: int, neurons: np.ndarray) -> np.ndarray:
+        n = np.asarray(neurons, dtype=np.int64).reshape(-1)
+        return n[[(layer, int(x)) not in self._held for x in n]] if n.size else n
+
+    def admit(self, layer: int, loaded: np.ndarray, run_lengths: np.ndarray | None = None) -> None:
+        for x in np.asarray(loaded, dtype=np.int64).tolist():
+            if self.capacity <= 0 or (layer, x) in self._held:
+                continue
+            if len(self._queue) >= self.capacity:
+                self._held.discard(self._queue.popleft())
+            self._queue.append((layer, x))
+            self._held.add((layer, x))
+
+    @property
+    def resident_bundles(self) -> int:
+        return len(self._held)
+
+    def resident(self, layer: int) -> np.ndarray:
+        return np.array(sorted(n for (l, n) in self._held if l == layer), dtype=np.int64)
 
 
-@pytest.mark.parametrize("name", [c for c in available_caches()])
-@settings(max_examples=25, deadline=None)
-@given(capacity=st.integers(0, 40), steps=steps_strategy)
-def test_cache_conformance(name: str, capacity: int, steps):
-    outs = drive(make(name, capacity), steps)
-    assert drive(make(name, capacity), steps) == outs  # determinism
+def test_third_party_cache_passes_the_suite():
+    check_cache(FifoCache)
+    assert len(list(cache_checks())) >= 7
 
 
-def test_registry_lists_all_policies():
+def test_broken_cache_fails_the_suite():
+    class Greedy(FifoCache):  # ignores its budget
+        def __init__(self, budget_bytes: int, bundle_bytes: int):
+            super().__init__(10**9, bundle_bytes)
+            self.budget_bytes = budget_bytes
+
+    with pytest.raises(AssertionError, match="budget"):
+        check_cache(Greedy)
+
+
+def test_registry_lists_all_policies_and_refuses_duplicates():
     assert {"none", "lru", "s3fifo", "window", "ripple", "pinned", "pinned+lru", "pinned+s3fifo",
             "pinned+window", "pinned+ripple"} <= set(available_caches())
-    with pytest.raises(ValueError, match="freq"):
+    assert all(CACHES.describe().values()), "every policy has a one-line description"
+    with pytest.raises(CacheError, match="freq"):
         get_cache("pinned", 1000, 10)
-    with pytest.raises(ValueError, match="window size"):
+    with pytest.raises(CacheError, match="window size"):
         get_cache("window", 1000, 10, k=0)
+    with pytest.raises(CacheError, match="budget"):
+        get_cache("lru", -1, 10)
+    with pytest.raises(RegistryError, match="unknown cache policy 'nope'"):
+        get_cache("nope", 1000, 10)
+    with pytest.raises(RegistryError, match="bad parameters"):
+        get_cache("s3fifo", 1000, 10, smal_ratio=0.2)
+    with pytest.raises(RegistryError, match="registered already"):
+        register_cache("lru")(FifoCache)
 
 
 # --------------------------------------------------------------------------------------------- S3-FIFO reference

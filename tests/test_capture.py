@@ -65,10 +65,10 @@ def test_active_sets_match_direct_mlp_recomputation(smollm2, smollm2_trace):
 
 def test_capture_resumes_after_interruption(smollm2, tmp_path, monkeypatch):
     import coact.trace as trace_mod
-    from coact.pipeline import capture
+    from coact.workflow import capture
 
     kwargs = dict(tokens=384, ctx=128, sparsity=0.9, calib_tokens=128, shard_tokens=128, progress=False)
-    real = trace_mod._forward
+    real = trace_mod.forward_activations
     calls = {"n": 0}
 
     def flaky(handle, windows):
@@ -77,12 +77,12 @@ def test_capture_resumes_after_interruption(smollm2, tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(handle, windows)
 
-    monkeypatch.setattr(trace_mod, "_forward", flaky)
+    monkeypatch.setattr(trace_mod, "forward_activations", flaky)
     with pytest.raises(KeyboardInterrupt):
         capture(smollm2, "pydoc", tmp_path / "t", **kwargs)
     assert not (tmp_path / "t").exists()
     assert (tmp_path / "t.partial" / "shard_00000" / "done").exists()
-    monkeypatch.setattr(trace_mod, "_forward", real)
+    monkeypatch.setattr(trace_mod, "forward_activations", real)
     resumed = capture(smollm2, "pydoc", tmp_path / "t", **kwargs)
     fresh = capture(smollm2, "pydoc", tmp_path / "u", **kwargs)
     assert not (tmp_path / "t.partial").exists()
@@ -90,7 +90,7 @@ def test_capture_resumes_after_interruption(smollm2, tmp_path, monkeypatch):
 
 
 def test_relu_and_topk(smollm2, tmp_path):
-    from coact.pipeline import capture
+    from coact.workflow import capture
 
     tk = capture(smollm2, "pydoc", tmp_path / "k", tokens=64, ctx=64, method="topk", sparsity=0.9, progress=False)
     act = unpack_bits(tk.packed(), tk.n_neurons)
@@ -105,7 +105,7 @@ def test_local_transformers_folder(smollm2, tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from coact.models import load_model
-    from coact.pipeline import capture
+    from coact.workflow import capture
 
     cfg = LlamaConfig(vocab_size=smollm2.tokenizer.vocab_size + 64, hidden_size=64, intermediate_size=96,
                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)

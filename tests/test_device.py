@@ -17,6 +17,7 @@ from runtime.device import (
     plot_profile,
     profile_device,
 )
+from runtime.errors import DeviceError, PlanError
 from runtime.layout import Layout
 from runtime.pack import write_pack
 from runtime.replay import replay, resolve_collapse, simulate
@@ -41,9 +42,9 @@ def test_fit_recovers_linear_costs():
     assert cm.read_time(8192, qd=1) == pytest.approx(80e-6 + 1.5e-9 * 8192)
     assert cm.read_time(8192, qd=3) == cm.read_time(8192, qd=1)  # largest profiled depth <= 3 is 1
     assert cm.read_time(8192, qd=64) == cm.read_time(8192, qd=4)
-    with pytest.raises(ValueError, match="two distinct"):
+    with pytest.raises(DeviceError, match="two distinct"):
         fit_cost_model([{"size": 4096, "queue_depth": 1, "per_request_s": 1e-4}])
-    with pytest.raises(ValueError, match="no cells"):
+    with pytest.raises(DeviceError, match="no cells"):
         fit_cost_model([])
 
 
@@ -81,11 +82,11 @@ def test_save_load_roundtrip(tmp_path: Path):
     doc = json.loads(p.read_text())
     assert doc["format"] == "coact-cost-model" and doc["version"] == 1
     (tmp_path / "bad.json").write_text(json.dumps({"format": "other"}))
-    with pytest.raises(ValueError, match="bad.json"):
+    with pytest.raises(DeviceError, match="bad.json"):
         CostModel.load(tmp_path / "bad.json")
     doc["per_byte_s"] = doc["per_byte_s"][:1]
     (tmp_path / "short.json").write_text(json.dumps(doc))
-    with pytest.raises(ValueError, match="every list"):
+    with pytest.raises(DeviceError, match="every list"):
         CostModel.load(tmp_path / "short.json")
 
 
@@ -113,7 +114,7 @@ def test_profile_device_small(direct_io_dir: Path, tmp_path: Path):
     before = f.read_bytes()[:4096]
     ensure_test_file(f, 1 << 19)
     assert f.read_bytes()[:4096] == before
-    with pytest.raises(ValueError, match="multiples"):
+    with pytest.raises(DeviceError, match="multiples"):
         profile_device(direct_io_dir, sizes=(1000,))
 
 
@@ -149,12 +150,12 @@ def test_collapse_auto_resolves_through_the_cost_model():
     fixed = simulate(layout, packed, N, bundle_bytes=2304, collapse_gap=gap)
     assert auto.config["collapse_gap"] == gap and auto.counts_dict() == fixed.counts_dict()
     assert auto.reads < simulate(layout, packed, N, bundle_bytes=2304).reads
-    with pytest.raises(ValueError, match="cost model"):
+    with pytest.raises(PlanError, match="cost model"):
         simulate(layout, packed, N, bundle_bytes=2304, collapse_gap="auto")
-    with pytest.raises(ValueError, match="integer"):
+    with pytest.raises(PlanError, match="integer"):
         resolve_collapse("sometimes", bundle_bytes=2304)
     assert resolve_collapse("4", bundle_bytes=2304) == 4
-    with pytest.raises(ValueError, match=">= 0"):
+    with pytest.raises(PlanError, match=">= 0"):
         resolve_collapse(-1, bundle_bytes=2304)
 
 
@@ -167,9 +168,9 @@ def test_replay_collapse_auto_equals_simulate(direct_io_dir: Path):
         return {"up": rng.standard_normal((N, 576)).astype(np.float32),
                 "down": rng.standard_normal((576, N)).astype(np.float32)}
 
-    path = write_pack(direct_io_dir / "t.pack", w, layout, d_model=576, progress=False)
+    path = write_pack(direct_io_dir / "t.pack", w, layout, d_model=576)
     cm = CostModel.synthetic(per_request_s=60e-6, per_byte_s=1e-9, queue_depths=(1, 8))
-    rep = replay(path, layout, packed, collapse_gap="auto", engine="threads:8", cost_model=cm, progress=False)
+    rep = replay(path, layout, packed, collapse_gap="auto", engine="threads:8", cost_model=cm)
     sim = simulate(layout, packed, N, bundle_bytes=2304, collapse_gap="auto", cost_model=cm, queue_depth=8)
     assert rep.counts_dict() == sim.counts_dict() and rep.config["collapse_gap"] == cm.collapse_gap(2304, 8)
     assert rep.config["cost_model"]["queue_depths"] == [1, 8]

@@ -1,5 +1,6 @@
-"""I/O engines (sync, threads, uring): same counts as the simulator, O_DIRECT always, page cache not used; and the
-fio reference (iolog v2 export; a real fio run when fio is installed)."""
+"""I/O engines (sync, threads, uring): the importable conformance suite (:mod:`runtime.testing`) over every
+registered engine and a third-party one, same counts as the simulator, O_DIRECT always, page cache not used; and
+the fio reference (iolog v2 export; a real fio run when fio is installed)."""
 from __future__ import annotations
 
 import os
@@ -9,28 +10,33 @@ import numpy as np
 import pytest
 
 from common.bits import pack_bits
-from runtime.io import (
+from common.errors import RegistryError, UserError
+from runtime.caches import get_cache
+from runtime.direct import aligned_buffer, direct_io_supported, drop_page_cache, has_o_direct, resident_pages
+from runtime.engines import (
+    ENGINES,
+    EngineError,
     EngineUnavailable,
+    SyncEngine,
     available_engines,
-    drop_page_cache,
     engine_queue_depth,
     engine_status,
     get_engine,
-    has_o_direct,
     parse_engine,
-    resident_pages,
+    register_engine,
     uring_status,
 )
+from runtime.errors import FioError
 from runtime.fio import IOLOG_HEADER, compare_with_fio, fio_binary, flatten_reads, read_iolog, run_fio, write_iolog
-from runtime.cache import get_cache
 from runtime.layout import Layout
 from runtime.pack import PackFile, write_pack
 from runtime.replay import replay, simulate
+from runtime.testing import check_engine, make_check_file, parametrize_with_engine_checks
 
 L, N, D = 3, 256, 576
 
 URING_OK, URING_WHY = uring_status()
-ENGINES = ["sync", "threads:1", "threads:4", "uring:8"]
+SPECS = ["sync", "threads:1", "threads:4", "uring:8"]
 
 
 def _usable(spec: str) -> None:
@@ -46,8 +52,6 @@ def weights_fn(layer: int) -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def pack_dir(tmp_path_factory):
-    from runtime.io import direct_io_supported
-
     d = tmp_path_factory.mktemp("engines")
     if not direct_io_supported(d):
         repo = Path(__file__).resolve().parent.parent
@@ -68,7 +72,7 @@ def pack_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def toy_pack(pack_dir):
     layout = Layout([np.random.default_rng(20 + i).permutation(N) for i in range(L)], model_id="toy", solver="rnd")
-    path = write_pack(pack_dir / "toy.pack", weights_fn, layout, d_model=D, progress=False)
+    path = write_pack(pack_dir / "toy.pack", weights_fn, layout, d_model=D)
     return path, layout
 
 
@@ -84,19 +88,85 @@ def test_engine_specs_and_registry():
     assert parse_engine("threads") == ("threads", {})
     assert parse_engine("threads:16") == ("threads", {"queue_depth": 16})
     for bad in ("threads:x", "threads:0"):
-        with pytest.raises(ValueError, match="bad engine spec"):
+        with pytest.raises(EngineError, match="bad engine spec"):
             parse_engine(bad)
     assert engine_status("sync") == (True, "ok") and not engine_status("nope")[0]
     assert engine_status("uring") == (URING_OK, URING_WHY)
+    assert all(ENGINES.describe().values()), "every engine has a one-line description"
+    with pytest.raises(RegistryError, match="registered already"):
+        register_engine("sync")(SyncEngine)
 
 
-def test_sync_rejects_depth(toy_pack):
-    with pytest.raises(ValueError, match="queue depth 1"):
+def test_bad_engine_input_is_a_user_error(toy_pack):
+    with pytest.raises(EngineError, match="queue depth 1"):
         get_engine("sync:4", toy_pack[0])
+    with pytest.raises(RegistryError, match="unknown I/O engine 'warp'"):
+        get_engine("warp", toy_pack[0])
+    with pytest.raises(RegistryError, match="bad parameters"):
+        get_engine("threads", toy_pack[0], depth=3)
+    with pytest.raises(EngineError, match="queue_depth"):
+        get_engine("threads", toy_pack[0], queue_depth=0)
+    for exc in (EngineError, EngineUnavailable, RegistryError):
+        assert issubclass(exc, UserError)
+
+
+# ----------------------------------------------------------------------------------------------- conformance
+
+
+@pytest.fixture(scope="module")
+def check_file(pack_dir):
+    return make_check_file(pack_dir / "check.bin", 320 * 4096)
 
 
 @pytest.mark.disk
-@pytest.mark.parametrize("spec", ENGINES)
+@parametrize_with_engine_checks(SPECS)
+def test_engine_conformance(make, check, check_file, request):
+    _usable(request.node.callspec.id)
+    check(make, check_file)
+
+
+class PreadEngine:
+    """A third-party engine (not registered by coact): plain buffered-API preadv on an O_DIRECT descriptor."""
+
+    name = "pread-example"
+
+    def __init__(self, path, queue_depth: int = 1):
+        self.queue_depth = queue_depth
+        self._fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+        self._buf, self._view = aligned_buffer(1 << 22)
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def submit(self, offsets, sizes, out=None) -> None:
+        for j, (off, n) in enumerate(zip(offsets, sizes)):
+            view = self._view if out is None else memoryview(out[j])
+            if os.preadv(self._fd, [view[: int(n)]], int(off)) != n:
+                raise OSError(f"short read at {off}")
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+@pytest.mark.disk
+def test_third_party_engine_passes_the_suite(check_file):
+    check_engine(PreadEngine, check_file)
+
+
+@pytest.mark.disk
+def test_engine_that_reads_nothing_fails_the_suite(check_file):
+    class Lazy(PreadEngine):
+        def submit(self, offsets, sizes, out=None) -> None:
+            return None
+
+    with pytest.raises(AssertionError):
+        check_engine(Lazy, check_file)
+
+
+@pytest.mark.disk
+@pytest.mark.parametrize("spec", SPECS)
 def test_engine_reads_and_errors(toy_pack, spec: str):
     _usable(spec)
     path, _ = toy_pack
@@ -117,7 +187,7 @@ def test_engine_reads_and_errors(toy_pack, spec: str):
 
 
 @pytest.mark.disk
-@pytest.mark.parametrize("spec", ENGINES)
+@pytest.mark.parametrize("spec", SPECS)
 def test_every_engine_gives_simulator_counts_and_bypasses_page_cache(toy_pack, spec: str):
     _usable(spec)
     path, layout = toy_pack
@@ -130,7 +200,7 @@ def test_every_engine_gives_simulator_counts_and_bypasses_page_cache(toy_pack, s
     assert resident_pages(path, *region)[0] == 0
     log: list = []
     rep = replay(path, layout, packed, collapse_gap=2, engine=spec, cache=get_cache("s3fifo", 60 * bb, bb),
-                 progress=False, read_log=log)
+                 read_log=log)
     assert rep.counts_dict() == sim.counts_dict()
     assert rep.config["o_direct"] and rep.config["queue_depth"] == engine_queue_depth(get_engine(spec, path))
     # O_DIRECT reads never populate the page cache: the bundle regions are still not resident afterwards
@@ -154,9 +224,9 @@ def test_resident_pages_sees_buffered_reads(tmp_path: Path):
 
 
 def test_uring_unavailable_is_a_clear_error(toy_pack, monkeypatch):
-    import runtime.io as rio
+    import runtime.engines.uring as ru
 
-    monkeypatch.setattr(rio, "_URING_STATUS", (False, "no binding (test)"))
+    monkeypatch.setattr(ru, "_URING_STATUS", (False, "no binding (test)"))
     with pytest.raises(EngineUnavailable, match="no binding"):
         get_engine("uring", toy_pack[0])
 
@@ -176,10 +246,10 @@ def test_iolog_v2_export_format(tmp_path: Path):
     assert t == name and o.tolist() == [8192, 0, 4096] and s.tolist() == [4096, 4096, 8192]
     with pytest.raises(ValueError, match="same length"):
         write_iolog(tmp_path / "b.iolog", target, [0], [4096, 4096])
-    with pytest.raises(ValueError, match="white space"):
+    with pytest.raises(FioError, match="white space"):
         write_iolog(tmp_path / "c.iolog", tmp_path / "a b", [0], [4096])
     (tmp_path / "bad.iolog").write_text("fio version 3 iolog\n")
-    with pytest.raises(ValueError, match="not a fio v2 iolog"):
+    with pytest.raises(FioError, match="not a fio v2 iolog"):
         read_iolog(tmp_path / "bad.iolog")
     o, s = flatten_reads([([1, 2], [3, 4]), ([], []), (np.array([5]), np.array([6]))])
     assert o.tolist() == [1, 2, 5] and s.tolist() == [3, 4, 6]
@@ -190,14 +260,14 @@ def test_iolog_v2_export_format(tmp_path: Path):
 def test_fio_replays_the_same_list(toy_pack, tmp_path: Path):
     path, layout = toy_pack
     log: list = []
-    replay(path, layout, trace(T=6), engine="sync", progress=False, read_log=log)
+    replay(path, layout, trace(T=6), engine="sync", read_log=log)
     offs, sizes = flatten_reads(log)
     iolog = write_iolog(tmp_path / "r.iolog", path, offs, sizes)
     res = run_fio(iolog, queue_depth=1, expect_reads=int(offs.size))
     assert res["reads"] == offs.size and res["bytes"] == int(sizes.sum()) and res["ioengine"] == "psync"
     res4 = run_fio(iolog, queue_depth=4)
     assert res4["ioengine"] == "libaio" and res4["reads"] == offs.size
-    with pytest.raises(RuntimeError, match="issued"):
+    with pytest.raises(FioError, match="issued"):
         run_fio(iolog, expect_reads=int(offs.size) + 1)
     cmp = compare_with_fio(path, log, engine="threads", queue_depth=4, repeats=1, workdir=tmp_path)
     assert cmp["reads"] == offs.size and cmp["queue_depth"] == 4 and cmp["fio_ioengine"] == "libaio"

@@ -1,14 +1,18 @@
-"""coact.graph: CSR core, weight kinds by hand, networkx/igraph views, top-k neighbour lists."""
+"""solvers.graph (CSR core, weight kinds by hand, networkx/igraph views, top-k neighbour lists, as_graph) and
+coact.graph.layer_graph (the graph of one layer of statistics)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import scipy.sparse as sp
 
+import coact.graph
 from common.bits import pack_bits
-from coact.errors import CoactError
-from coact.graph import CoactGraph, GraphError
+from common.errors import UserError
+from coact.graph import layer_graph
 from coact.stats import CoactStats, compute_stats
+from solvers.errors import SolverError
+from solvers.graph import CoactGraph, GraphError, as_graph, csr_arrays
 
 # 4 neurons; diagonal = freq. Pairs: 01:4, 02:2, 12:1, 23:3; neuron 3 only pairs with 2.
 C = np.array(
@@ -70,7 +74,8 @@ def test_p_sums_to_one(g):
 def test_unknown_kind(g):
     with pytest.raises(GraphError):
         g.weights("cosine")
-    assert issubclass(GraphError, CoactError)
+    assert issubclass(GraphError, SolverError) and issubclass(GraphError, UserError)
+    assert issubclass(GraphError, ValueError)
 
 
 def test_edges(g):
@@ -134,28 +139,28 @@ def test_top_k_ties_by_id():
     np.testing.assert_array_equal(CoactGraph.from_dense(c).top_k(3)[0], [1, 3, 2])
 
 
-def test_from_stats_min_count():
+def test_layer_graph_min_count():
     stats = CoactStats(freq=FREQ[None, :], coact=[C], n_tokens=9, meta={"model_id": "m", "other": 1})
-    g1 = CoactGraph.from_stats(stats, 0)
+    g1 = layer_graph(stats, 0)
     np.testing.assert_array_equal(g1.counts.toarray(), C - np.diag(FREQ))
     np.testing.assert_array_equal(g1.freq, FREQ)
     assert g1.n_tokens == 9 and g1.meta["layer"] == 0 and g1.meta["model_id"] == "m"
-    g3 = CoactGraph.from_stats(stats, 0, min_count=3)
+    g3 = layer_graph(stats, 0, min_count=3)
     u, v, w = g3.edges()
     assert list(zip(u.tolist(), v.tolist(), w.tolist())) == [(0, 1, 4), (2, 3, 3)]
     np.testing.assert_array_equal(g3.freq, FREQ)  # freq never pruned
     with pytest.raises(GraphError):
-        CoactGraph.from_stats(stats, 0, min_count=0)
+        layer_graph(stats, 0, min_count=0)
 
 
-def test_from_stats_blocks_match_dense():
+def test_layer_graph_blocks_match_dense():
     rng = np.random.default_rng(0)
     packed = pack_bits(rng.random((200, 2, 37)) < 0.2)
     stats = compute_stats(packed, n_neurons=37, progress=False)
     for layer in range(2):
         want = stats.coact[layer] - np.diag(stats.freq[layer])
         for block in (1, 5, 1024):
-            g = CoactGraph.from_stats(stats, layer, block=block)
+            g = layer_graph(stats, layer, block=block)
             np.testing.assert_array_equal(g.counts.toarray(), want)
             assert g.counts.indices.dtype == np.int64
 
@@ -189,3 +194,34 @@ def test_empty_and_tiny_graphs():
         assert g.to_networkx().number_of_nodes() == n
         assert g.to_igraph().vcount() == n
         assert g.top_k(2).shape == (n, 2)
+
+
+def test_as_graph_converts_once():
+    g = CoactGraph.from_dense(C, n_tokens=9)
+    assert as_graph(g) is g  # an already validated graph passes through unchanged
+    assert as_graph(g, FREQ) is g
+    with pytest.raises(GraphError):
+        as_graph(g, FREQ + 1)  # a freq that contradicts the graph's
+    for counts in (C, sp.csr_array(C), sp.csr_matrix(C)):
+        h = as_graph(counts, FREQ, 9)
+        np.testing.assert_array_equal(h.counts.toarray(), g.counts.toarray())
+        np.testing.assert_array_equal(h.freq, FREQ)
+        assert h.n_tokens == 9
+    np.testing.assert_array_equal(as_graph(C).freq, FREQ)  # freq defaults to the diagonal
+    with pytest.raises(GraphError):
+        as_graph(np.array([[0, 1], [2, 0]]))
+
+
+def test_csr_arrays_and_subgraph(g):
+    indptr, indices, data = csr_arrays(g)
+    assert indptr is g.counts.indptr or np.shares_memory(indptr, g.counts.indptr)  # no copy of a graph's arrays
+    assert indices.dtype == data.dtype == np.int64
+    np.testing.assert_array_equal(csr_arrays(C)[2], data)
+    sub = g.subgraph([2, 0, 3])
+    np.testing.assert_array_equal(sub.counts.toarray(), [[0, 2, 3], [2, 0, 0], [3, 0, 0]])
+    np.testing.assert_array_equal(sub.freq, [7, 6, 3])
+    assert sub.n_tokens == g.n_tokens
+
+
+def test_coact_graph_reexports_solvers_graph():
+    assert coact.graph.CoactGraph is CoactGraph and coact.graph.GraphError is GraphError

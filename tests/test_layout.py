@@ -87,7 +87,7 @@ def test_csv_export_round_trip(tmp_path: Path):
 def test_rejects_non_permutation(tmp_path: Path):
     with pytest.raises(LayoutError, match="not a permutation"):
         Layout([np.array([0, 1, 1, 3])])
-    with pytest.raises(LayoutError, match="not a permutation"):
+    with pytest.raises(LayoutError, match="layer 0 perm has out-of-range neuron ids"):
         Layout([np.array([0, 1, 2, 4])])
     # a file written by someone else with a repeated neuron
     from safetensors.numpy import save_file
@@ -98,7 +98,7 @@ def test_rejects_non_permutation(tmp_path: Path):
     bad = {f"layers.{i}.perm": p.astype(np.int32) for i, p in enumerate(lay.perms)}
     bad["layers.1.perm"][3] = bad["layers.1.perm"][4]
     save_file(bad, str(tmp_path / "bad.safetensors"), metadata=meta)
-    with pytest.raises(LayoutError, match=r"layer 1: perm is not a permutation"):
+    with pytest.raises(LayoutError, match=r"layer 1 perm is not a permutation"):
         load_layout(tmp_path / "bad.safetensors")
 
 

@@ -42,8 +42,7 @@ def expected(w: dict[str, np.ndarray], neurons: np.ndarray, bundle: str, np_dtyp
 def test_read_neurons_gives_exact_weights(tmp_path: Path, bundle: str, dtype: str):
     weights = make_weights()
     layout = random_layout()
-    path = write_pack(tmp_path / "p.pack", weights.__getitem__, layout, bundle=bundle, dtype=dtype, d_model=D,
-                      progress=False)
+    path = write_pack(tmp_path / "p.pack", weights.__getitem__, layout, bundle=bundle, dtype=dtype, d_model=D)
     np_dtype = np.float16 if dtype == "fp16" else np.float32
     rng = np.random.default_rng(7)
     with PackFile(path) as pack:
@@ -69,7 +68,7 @@ def test_read_neurons_gives_exact_weights(tmp_path: Path, bundle: str, dtype: st
 def test_bundles_stored_in_placement_order(tmp_path: Path):
     weights = make_weights()
     layout = random_layout()
-    path = write_pack(tmp_path / "p.pack", weights.__getitem__, layout, dtype="fp32", d_model=D, progress=False)
+    path = write_pack(tmp_path / "p.pack", weights.__getitem__, layout, dtype="fp32", d_model=D)
     with PackFile(path) as pack:
         raw = path.read_bytes()
         off, bb = pack.layer_offset(1), pack.bundle_bytes
@@ -81,7 +80,7 @@ def test_bundles_stored_in_placement_order(tmp_path: Path):
 
 
 def test_alignment_and_header(tmp_path: Path):
-    path = write_pack(tmp_path / "p.pack", make_weights().__getitem__, random_layout(), d_model=D, progress=False)
+    path = write_pack(tmp_path / "p.pack", make_weights().__getitem__, random_layout(), d_model=D)
     raw = path.read_bytes()
     assert raw[:8] == b"COACTPK1"
     (jlen,) = struct.unpack("<Q", raw[8:16])
@@ -96,7 +95,7 @@ def test_alignment_and_header(tmp_path: Path):
 
 
 def test_truncated_foreign_and_corrupt_files_raise(tmp_path: Path):
-    path = write_pack(tmp_path / "p.pack", make_weights().__getitem__, random_layout(), d_model=D, progress=False)
+    path = write_pack(tmp_path / "p.pack", make_weights().__getitem__, random_layout(), d_model=D)
     raw = path.read_bytes()
     for name, data in {
         "trunc.pack": raw[:-4096],
@@ -129,7 +128,7 @@ def test_truncated_foreign_and_corrupt_files_raise(tmp_path: Path):
 def test_layout_mismatch_and_bad_weights(tmp_path: Path):
     weights = make_weights()
     layout = random_layout()
-    path = write_pack(tmp_path / "p.pack", weights.__getitem__, layout, d_model=D, progress=False)
+    path = write_pack(tmp_path / "p.pack", weights.__getitem__, layout, d_model=D)
     with PackFile(path) as pack:
         check_layout_matches(pack, layout)
         assert [p.tolist() for p in pack.perms()] == [p.tolist() for p in layout.perms]
@@ -143,5 +142,5 @@ def test_layout_mismatch_and_bad_weights(tmp_path: Path):
             pack.read_neurons(0, np.array([N]))
     bad = {k: dict(v, up=v["up"][:, :-1]) for k, v in weights.items()}
     with pytest.raises(PackError, match="up has shape"):
-        write_pack(tmp_path / "bad.pack", bad.__getitem__, layout, d_model=D, progress=False)
+        write_pack(tmp_path / "bad.pack", bad.__getitem__, layout, d_model=D)
     assert not (tmp_path / "bad.pack").exists() and not list(tmp_path.glob(".*.tmp"))  # nothing half-written

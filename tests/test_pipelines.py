@@ -10,13 +10,16 @@ import pytest
 from typer.testing import CliRunner
 
 from common.bits import pack_bits
-from runtime.cache import get_cache
+from common.errors import RegistryError
+from runtime.caches import get_cache
 from runtime.device import CostModel
 from runtime.layout import Layout, save_layout
 from runtime.pack import write_pack
+from runtime.errors import PipelineError
 from runtime.pipelines import (
     PIPELINES,
     Pipeline,
+    available_pipelines,
     budget_bytes_for,
     budget_sweep,
     choose_coact,
@@ -26,6 +29,8 @@ from runtime.pipelines import (
     get_pipeline,
     load_sets,
     plot_budget_sweep,
+    register_pipeline,
+    required_layouts,
     resolve_pipelines,
     speedups,
     sweep_table,
@@ -57,7 +62,7 @@ def _active(T: int, seed: int) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
-    from runtime.io import direct_io_supported
+    from runtime.direct import direct_io_supported
 
     d = tmp_path_factory.mktemp("pipes")
     if not direct_io_supported(d):
@@ -68,23 +73,30 @@ def toy(tmp_path_factory):
     ident = Layout.identity(N, L, model_id="toy")
     packs = {}
     for name, lay in (("identity", ident), ("ripple", rip), ("best", best)):
-        packs[name] = write_pack(d / f"{name}.pack", _weights, lay, d_model=D, progress=False)
+        packs[name] = write_pack(d / f"{name}.pack", _weights, lay, d_model=D)
     act_prof, act_held = _active(64, 1), _active(12, 2)
     return {"dir": d, "packs": packs, "layouts": {"identity": ident, "ripple": rip, "best": best},
             "prof": pack_bits(act_prof), "held": pack_bits(act_held), "freq": act_prof.sum(axis=0)}
 
 
 def test_registry_and_overrides():
-    assert list(PIPELINES) == ["dense", "llmflash", "ripple", "coact"]
+    assert available_pipelines() == ["dense", "llmflash", "ripple", "coact"]
+    assert set(PIPELINES) == set(available_pipelines()) and all(PIPELINES.describe().values())
+    assert required_layouts(["dense", "llmflash", "ripple", "coact"]) == {
+        "dense": "identity", "llmflash": "identity", "ripple": "ripple", "coact": "best"}
+    with pytest.raises(RegistryError, match="registered already"):
+        register_pipeline(Pipeline("dense", "identity"))
     lf = get_pipeline("llmflash")
     assert lf.layout == "identity" and lf.cache == "window" and lf.cache_params["k"] == 5 and lf.collapse == 0
     assert get_pipeline("dense").dense and get_pipeline("ripple").collapse == "auto"
     assert get_pipeline("ripple", engine="uring", queue_depth=32).engine == "uring"
-    with pytest.raises(ValueError, match="unknown pipeline"):
+    with pytest.raises(RegistryError, match="unknown pipeline"):
         get_pipeline("nope")
+    with pytest.raises(PipelineError, match="bad override"):
+        get_pipeline("dense", cahce="lru")
     lay = Layout.identity(N, L)
     assert ffn_bytes(lay, BB) == L * N * BB and budget_bytes_for(lay, BB, 0.1) == int(0.1 * L * N * BB)
-    with pytest.raises(ValueError, match="fraction"):
+    with pytest.raises(PipelineError, match="fraction"):
         budget_bytes_for(lay, BB, 1.5)
 
 
@@ -115,7 +127,7 @@ def test_choose_coact_picks_lowest_modelled_latency(toy):
     pipes, notes = resolve_pipelines(["coact"], layouts=toy["layouts"], bundle_bytes=BB, budget_bytes=budget,
                                      cost_model=CM)
     assert pipes[0].cache == "window" and "fallback" in notes["coact"]["selection"]
-    with pytest.raises(ValueError, match="cost model"):
+    with pytest.raises(PipelineError, match="cost model"):
         resolve_pipelines(["ripple"], layouts=toy["layouts"], bundle_bytes=BB, budget_bytes=budget)
 
 

@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from runtime.errors import PlanError
 from runtime.planner import (
     batch_byte_ranges,
     batch_collapse,
@@ -116,7 +117,7 @@ def test_examples_and_errors():
     assert runs(np.array([], dtype=np.int64))[0].size == 0
     with pytest.raises(ValueError):
         runs(np.array([3, 2]))
-    with pytest.raises(ValueError):
+    with pytest.raises(PlanError, match="collapse gap"):
         plan_reads(np.array([1, 2]), -1)
     # two 2304-byte bundles in the same page: one 4 KiB request, counted once
     off, nb = byte_ranges(np.array([0]), np.array([1]), 0, 2304)

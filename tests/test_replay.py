@@ -11,9 +11,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from common.bits import pack_bits
-from runtime import io as rio
-from runtime.cache import available_caches, get_cache
-from runtime.io import DirectFile, DirectIOUnsupported, available_engines, direct_io_supported, get_engine
+from common.errors import RegistryError
+from runtime import direct as rdirect
+from runtime.caches import available_caches, get_cache
+from runtime.direct import DirectFile, direct_io_supported
+from runtime.engines import available_engines, get_engine
+from runtime.errors import DirectIOUnsupported
 from runtime.layout import Layout
 from runtime.pack import PackError, PackFile, write_pack
 from runtime.planner import byte_ranges, plan_reads
@@ -46,7 +49,7 @@ def sparse_trace(T: int = 40, density: float = 0.1, seed: int = 3) -> np.ndarray
 def small_pack(direct_io_dir: Path):
     """up-down fp16 with d=576: bundle_bytes 2304, as in SmolLM2 (bundles straddle 4 KiB pages)."""
     layout = Layout([np.random.default_rng(10 + i).permutation(N) for i in range(L)], model_id="toy", solver="rnd")
-    path = write_pack(direct_io_dir / "toy.pack", weights_fn(576), layout, d_model=576, progress=False)
+    path = write_pack(direct_io_dir / "toy.pack", weights_fn(576), layout, d_model=576)
     return path, layout
 
 
@@ -72,14 +75,14 @@ def test_direct_file_reads_match_buffered(small_pack):
     finally:
         eng.close()
     assert "sync" in available_engines()
-    with pytest.raises(ValueError, match="unknown I/O engine"):
+    with pytest.raises(RegistryError, match="unknown I/O engine"):
         get_engine("nope", path)
 
 
 def test_no_o_direct_gives_clear_error(small_pack, monkeypatch):
     path, _ = small_pack
     # emulate a platform without O_DIRECT (this kernel's tmpfs accepts O_DIRECT, so no real fs to test on)
-    monkeypatch.setattr(rio, "O_DIRECT", None)
+    monkeypatch.setattr(rdirect, "O_DIRECT", None)
     with pytest.raises(DirectIOUnsupported, match="O_DIRECT reads are not supported") as info:
         DirectFile(path)
     assert isinstance(info.value, OSError) and "real disk" in str(info.value)
@@ -96,7 +99,7 @@ def test_replay_counts_equal_simulate(small_pack, gap: int, policy: str):
     budget = 200 * bb  # a bit over one token's active sets: LRU keeps the hot neurons
 
     sim = simulate(layout, packed, N, bundle_bytes=bb, collapse_gap=gap, cache=get_cache(policy, budget, bb))
-    rep = replay(path, layout, packed, collapse_gap=gap, cache=get_cache(policy, budget, bb), progress=False)
+    rep = replay(path, layout, packed, collapse_gap=gap, cache=get_cache(policy, budget, bb))
 
     assert rep.counts_dict() == sim.counts_dict()
     assert [m.reads for m in rep.per_layer] == [m.reads for m in sim.per_layer]
@@ -144,7 +147,7 @@ def test_simulate_counts_match_planner_per_token(small_pack):
 def test_dense_replay_reads_whole_layers(small_pack):
     path, layout = small_pack
     packed = sparse_trace(T=4)
-    rep = replay(path, layout, packed, dense=True, progress=False)
+    rep = replay(path, layout, packed, dense=True)
     region = -(-N * 2304 // 4096) * 4096
     assert rep.bytes_read == 4 * L * region and rep.reads_per_token == L * 1  # 590 KiB layer < one 1 MiB read
     assert rep.counts_dict() == simulate(layout, packed, N, bundle_bytes=2304, dense=True).counts_dict()
@@ -156,13 +159,13 @@ def test_replay_gate_up_down_fp32_page_multiple_bundles(direct_io_dir: Path):
     """With 4 KiB-multiple bundles and no collapse, every run is exactly one request."""
     layout = Layout([np.random.default_rng(i).permutation(N) for i in range(L)], model_id="toy")
     path = write_pack(direct_io_dir / "g.pack", weights_fn(1024), layout, bundle="gate-up-down", dtype="fp32",
-                      d_model=1024, progress=False)
+                      d_model=1024)
     packed = sparse_trace(T=10)
-    rep = replay(path, layout, packed, progress=False)
+    rep = replay(path, layout, packed)
     assert rep.config["bundle_bytes"] == 3 * 1024 * 4
     assert rep.reads == rep.runs and rep.bytes_read == rep.bytes_requested and rep.overread == 1.0
     with pytest.raises(PackError, match="another layout"):
-        replay(path, Layout.identity(N, L), packed, progress=False)
+        replay(path, Layout.identity(N, L), packed)
 
 
 # ------------------------------------------------------------------------------------------------------ caches
@@ -257,7 +260,7 @@ def test_cache_registry_and_none():
     np.testing.assert_array_equal(none.filter(0, a), a)
     none.admit(0, a)
     assert none.resident_bundles == 0
-    with pytest.raises(ValueError, match="unknown cache policy"):
+    with pytest.raises(RegistryError, match="unknown cache policy"):
         get_cache("bogus", 1, 1)
 
 

@@ -1,151 +1,77 @@
-"""The shared solver conformance suite (the scikit-learn ``check_estimator`` of coact, DESIGN §7).
+"""Every registered solver (and a few chains) against the importable conformance suite :mod:`solvers.testing`.
 
-Every solver in the registry is checked automatically: a solver module only has to be imported by
-``solvers/__init__.py`` to be picked up here. Contract checked (solvers.base.Solver):
-
-- ``name`` / ``optimises`` are non-empty strings; the object satisfies the ``Solver`` protocol;
-- ``solve`` returns a permutation of range(n) (int64) on random graphs, N = 1, N = 2, graphs without edges and graphs
-  with isolated or never-active neurons;
-- the same ``seed`` gives the same placement (solvers that stop on the wall clock must converge on these small
-  instances before the time limit, or use a deterministic work budget);
-- ``time_limit`` is respected (generously: within 5 x limit + 5 s, compilation included; no tight timing);
-- ``init`` (a valid permutation) is accepted, and chaining ``random+<solver>`` works;
-- ``objective`` of the result equals a brute-force sum.
-
-Slow solvers can be capped to smaller instances (or given parameters) in ``OVERRIDES``.
+A solver only has to be registered in ``solvers.base.SOLVERS`` to be picked up here; the contract itself lives in
+``solvers/testing.py`` so that third-party solvers can be checked the same way (the last tests show how).
 """
 from __future__ import annotations
-
-import time
 
 import numpy as np
 import pytest
 
-from coact.graph import CoactGraph
-from solvers.base import Solver, SolverError, available_solvers, check_permutation, get_solver, objective
+from common.errors import RegistryError, UserError
+from common.registry import Registry
+from solvers.base import (
+    SOLVERS,
+    SolverBase,
+    check_permutation,
+    check_time_limit,
+    get_solver,
+    objective,
+    register,
+)
+from solvers.base import available_solvers
+from solvers.errors import SolverError
+from solvers.graph import as_graph
+from solvers.testing import brute_objective, check_solver, parametrize_with_checks, random_graph, solver_checks
 
-try:
-    from tests.synthetic import brute_objective, random_graph
-except ImportError:  # tests/ is not a package: pytest puts tests/ itself on sys.path
-    from synthetic import brute_objective, random_graph
-
-SOLVERS = available_solvers()
-
-#: name -> {"max_n": cap on instance size, "params": constructor parameters}. Keep entries rare and justified.
-OVERRIDES: dict[str, dict] = {}
-
-TIME_LIMIT = 2.0
-
-
-def make(name: str) -> Solver:
-    return get_solver(name, **OVERRIDES.get(name, {}).get("params", {}))
-
-
-def size(name: str, n: int) -> int:
-    return min(n, OVERRIDES.get(name, {}).get("max_n", n))
+NAMES = available_solvers()
+CHAINS = ["random+ripple", "leiden+local-search", "path-cover+local-search"]
 
 
-def solve(name: str, graph: CoactGraph, **kw) -> np.ndarray:
-    kw.setdefault("time_limit", TIME_LIMIT)
-    perm = make(name).solve(graph, **kw)
-    p = check_permutation(perm, graph.n)
-    assert np.asarray(perm).dtype == np.int64, f"{name} returned dtype {np.asarray(perm).dtype}, expected int64"
-    return p
+@parametrize_with_checks(NAMES + CHAINS)
+def test_conformance(solver, check):
+    check(solver)
 
 
 def test_builtins_registered():
-    assert {"identity", "random", "frequency", "ripple"} <= set(SOLVERS)
-    assert SOLVERS == sorted(SOLVERS)
+    assert {"identity", "random", "frequency", "ripple", "local-search", "path-cover", "ortools", "leiden",
+            "spectral", "rcm", "collapse-ls"} <= set(NAMES)
+    assert NAMES == sorted(NAMES)
+
+
+def test_registry_descriptions_are_the_optimises_lines():
+    desc = SOLVERS.describe()
+    for name in NAMES:
+        assert desc[name] == get_solver(name).optimises
 
 
 def test_registry_errors():
-    with pytest.raises(SolverError):
+    with pytest.raises(SolverError, match="unknown solver 'no-such-solver'; available: "):
         get_solver("no-such-solver")
     with pytest.raises(SolverError):
         get_solver("")
-    with pytest.raises(SolverError):
+    with pytest.raises(SolverError, match="bad parameters"):
         get_solver("identity", no_such_param=1)
-    assert issubclass(SolverError, ValueError)
+    for bad in ("ripple+", "+ripple", "random++ripple", "+", "ripple+ +random"):
+        with pytest.raises(SolverError, match="malformed"):
+            get_solver(bad)
+    with pytest.raises(SolverError):
+        get_solver("random+no-such-solver")
+    with pytest.raises(RegistryError):  # a built-in name cannot be taken over silently
+        register("ripple")(type("Impostor", (), {"optimises": "x"}))
+    assert issubclass(SolverError, ValueError) and issubclass(SolverError, UserError)
 
 
-@pytest.mark.parametrize("name", SOLVERS)
-def test_protocol(name):
-    s = make(name)
-    assert isinstance(s, Solver)
-    assert s.name == name
-    assert isinstance(s.optimises, str) and s.optimises.strip()
+def test_chain_passes_params_to_last_stage():
+    s = get_solver("random+ripple", weight="jaccard")
+    assert s.name == "random+ripple" and s.stages[-1].weight == "jaccard"
 
 
-@pytest.mark.parametrize("name", SOLVERS)
-def test_random_graph_valid_and_objective_matches_brute_force(name):
-    g = random_graph(size(name, 120), density=0.3, seed=1)
-    p = solve(name, g, seed=0)
-    assert objective(p, g) == brute_objective(p, g)
-
-
-@pytest.mark.parametrize("name", SOLVERS)
-def test_deterministic_for_fixed_seed(name):
-    g = random_graph(size(name, 40), density=0.4, seed=2)
-    a = solve(name, g, seed=3)
-    b = solve(name, g, seed=3)
-    np.testing.assert_array_equal(a, b)
-
-
-@pytest.mark.parametrize("name", SOLVERS)
-def test_n1_and_n2(name):
-    g1 = CoactGraph.from_dense(np.array([[4]]))
-    np.testing.assert_array_equal(solve(name, g1), [0])
-    for c in ([[3, 2], [2, 5]], [[3, 0], [0, 5]], [[0, 0], [0, 0]]):
-        g2 = CoactGraph.from_dense(np.array(c))
-        p = solve(name, g2)
-        assert sorted(p.tolist()) == [0, 1]
-
-
-@pytest.mark.parametrize("name", SOLVERS)
-def test_graph_without_edges(name):
-    g = CoactGraph.from_dense(np.zeros((10, 10), dtype=np.int64), freq=np.arange(10), n_tokens=20)
-    solve(name, g, seed=1)
-    gz = CoactGraph.from_dense(np.zeros((7, 7), dtype=np.int64))  # never-active neurons too
-    solve(name, gz, seed=1)
-
-
-@pytest.mark.parametrize("name", SOLVERS)
-def test_isolated_and_dead_neurons(name):
-    n = size(name, 30)
-    rng = np.random.default_rng(4)
-    c = random_graph(n, density=0.3, seed=4).counts.toarray()
-    iso = rng.choice(n, size=n // 3, replace=False)
-    c[iso, :] = 0
-    c[:, iso] = 0
-    freq = c.max(axis=1) + 1
-    freq[iso[: len(iso) // 2]] = 0  # some never fire at all
-    g = CoactGraph.from_dense(c, freq=freq, n_tokens=int(freq.max()) + 1)
-    p = solve(name, g, seed=0)
-    assert objective(p, g) == brute_objective(p, g)
-
-
-@pytest.mark.parametrize("name", SOLVERS)
-def test_respects_time_limit(name):
-    g = random_graph(size(name, 400), density=0.5, seed=5)
-    t0 = time.perf_counter()
-    solve(name, g, seed=0, time_limit=TIME_LIMIT)
-    elapsed = time.perf_counter() - t0
-    assert elapsed < TIME_LIMIT * 5 + 5, f"{name} took {elapsed:.1f}s with time_limit={TIME_LIMIT}"
-
-
-@pytest.mark.parametrize("name", SOLVERS)
-def test_accepts_init(name):
-    g = random_graph(size(name, 50), density=0.3, seed=6)
-    for init in (np.random.default_rng(0).permutation(g.n), np.arange(g.n)):
-        solve(name, g, seed=0, init=init.astype(np.int64))
-
-
-@pytest.mark.parametrize("name", SOLVERS)
-def test_chain_after_random(name):
-    g = random_graph(size(name, 50), density=0.3, seed=7)
-    s = get_solver(f"random+{name}", **OVERRIDES.get(name, {}).get("params", {}))
-    assert s.name == f"random+{name}"
-    check_permutation(s.solve(g, seed=0, time_limit=TIME_LIMIT), g.n)
+def test_negative_time_limit_refused():
+    assert check_time_limit(None) is None and check_time_limit(0) == 0.0
+    for bad in (-1, -0.001, float("nan")):
+        with pytest.raises(SolverError):
+            check_time_limit(bad)
 
 
 def test_objective_brute_force_on_fixed_perms():
@@ -154,6 +80,7 @@ def test_objective_brute_force_on_fixed_perms():
     for _ in range(5):
         p = rng.permutation(g.n)
         assert objective(p, g) == brute_objective(p, g)
+        assert objective(p, g.counts) == objective(p, g.counts.toarray()) == objective(p, g)
     assert objective(np.array([0]), g) == 0
 
 
@@ -161,3 +88,54 @@ def test_check_permutation_rejects():
     for bad in ([0, 0, 1], [0, 1], [0, 1, 3], [[0, 1, 2]], [0.0, 1.0, 2.0], [-1, 0, 1]):
         with pytest.raises(SolverError):
             check_permutation(np.array(bad), 3)
+    assert check_permutation([2, 0, 1], 3).dtype == np.int64
+
+
+def test_solver_checks_are_named():
+    names = [n for n, _ in solver_checks()]
+    assert len(names) == len(set(names)) and all(n.startswith("check_") for n in names)
+
+
+# -- third-party solvers ----------------------------------------------------------------------------------------------
+
+
+class ReverseFrequency:
+    """A third-party solver that does not derive from SolverBase: coldest neurons first. It only uses the public
+    helpers (as_graph, check_time_limit) to meet the contract."""
+
+    name = "reverse-frequency"
+    optimises = "nothing (coldest neurons first; a test solver)"
+
+    def __init__(self, stable: bool = True) -> None:
+        self.stable = stable
+
+    def solve(self, counts, freq=None, *, seed=0, time_limit=None, init=None, progress=None):
+        g = as_graph(counts, freq)
+        check_time_limit(time_limit)
+        if progress is not None:
+            progress(self.name, 1, 1)
+        return np.lexsort((np.arange(g.n), g.freq)).astype(np.int64)
+
+
+def test_third_party_factory_passes_check_solver():
+    check_solver(ReverseFrequency, stable=False)
+
+
+def test_third_party_registered_in_a_fresh_registry():
+    reg = Registry("solver")
+    reg.register("reverse-frequency")(ReverseFrequency)
+    assert reg.names() == ["reverse-frequency"]
+    check_solver(lambda: reg.create("reverse-frequency"))
+
+
+def test_check_solver_reports_a_broken_solver():
+    class Broken(SolverBase):
+        name = "broken"
+        optimises = "nothing (returns a repeated neuron)"
+
+        def solve(self, counts, freq=None, *, seed=0, time_limit=None, init=None, progress=None):
+            n = as_graph(counts, freq).n
+            return np.zeros(n, dtype=np.int64)
+
+    with pytest.raises(AssertionError, match="broken: check_valid_permutation_and_objective"):
+        check_solver(Broken)

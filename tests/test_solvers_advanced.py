@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from common.bits import pack_bits
-from coact.graph import CoactGraph
+from solvers.graph import CoactGraph
 from solvers.base import SolverError, check_permutation, get_solver, objective
 from solvers.collapse import (
     collapse_cost,

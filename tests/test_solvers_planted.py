@@ -4,8 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from coact.graph import CoactGraph
-from solvers.base import SolverError, get_solver, objective, solve_model
+from coact.graph import layer_graph
+from coact.placement import layout_objective, solve_model
+from solvers.base import SolverError, get_solver, objective, solve_layers
+from solvers.graph import CoactGraph
 
 try:
     from tests.synthetic import planted_chain_graph, planted_chains, recovery
@@ -53,13 +55,29 @@ def test_ripple_jaccard_variant(planted):
 
 
 def test_solve_model_on_planted_stats(planted):
-    res = solve_model(planted.stats, "ripple", progress=False)
+    calls = []
+    res = solve_model(planted.stats, "ripple", progress=lambda *a: calls.append(a))
     assert len(res.perms) == 1 and len(res.seconds) == 1 and res.solver == "ripple"
     np.testing.assert_array_equal(res.perms[0], get_solver("ripple").solve(planted.graph, seed=0))
+    assert calls[0] == ("solve ripple", 0, 1) and calls[-1] == ("solve ripple", 1, 1)
+    assert layout_objective(res, planted.stats) == objective(res.perms[0], planted.graph)
+
+
+def test_solve_layers_plain_data_and_seed_per_layer(planted):
+    g = planted.graph
+    lazy = (x for x in [g, (g.counts, g.freq), (g.counts.toarray(), g.freq)])
+    res = solve_layers(lazy, "random", seed=5, n_layers=3)
+    for layer, p in enumerate(res.perms):  # layer l is solved with seed + l
+        np.testing.assert_array_equal(p, get_solver("random").solve(g, seed=5 + layer))
+    assert res.params == {"seed": 5, "time_limit": None}
+    rip = solve_layers([g, layer_graph(planted.stats, 0)], "ripple", seed=0)
+    np.testing.assert_array_equal(rip.perms[1], get_solver("ripple").solve(g, seed=1))
+    with pytest.raises(SolverError):
+        solve_layers([g], "ripple", time_limit=-1)
 
 
 def test_ripple_at_scale_sparse():
-    # DESIGN §6 scale: a 16,384-neuron layer, built sparse (no N x N matrix).
+    # docs/DESIGN.md §6 scale: a 16,384-neuron layer, built sparse (no N x N matrix).
     inst = planted_chain_graph(16384, chain_len=16, seed=1)
     perm = get_solver("ripple").solve(inst.graph, seed=0)
     assert recovery(perm, inst.pairs) >= 0.95

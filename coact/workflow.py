@@ -1,0 +1,285 @@
+"""The steps of coact as plain functions: the CLI, the demo, the notebooks and the tests all call these.
+
+Why a module of its own: the CLI only parses options, calls one of these and renders the result; anything a command
+can do (capture, count, solve, evaluate, pack, replay, export) a notebook can do with the same function, without
+typer. (The *named pipelines* compared on real I/O are a different thing: :mod:`runtime.pipelines`.)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from coact.accuracy import perplexity
+from coact.corpus import load_text, text_digest, token_windows, tokenize
+from coact.errors import CoactError, TraceError
+from coact.models import ModelHandle, load_model
+from coact.placement import layout_objective, solve_model
+from coact.progress import bars
+from coact.sparsify import get_sparsifier
+from coact.stats import CoactStats, compute_stats
+from coact.trace import CaptureConfig, Trace, capture_trace, forward_activations
+from runtime.caches import get_cache
+from runtime.layout import Layout, export_layout, load_layout, save_layout
+from runtime.pack import BUNDLES, DTYPES, PackError, PackFile, write_pack
+from runtime.replay import replay, simulate
+from runtime.report import Report
+from solvers import get_solver
+
+__all__ = ["capture", "count", "solve_layouts", "layout_objective", "check_compatible", "bundle_bytes", "pack",
+           "ensure_pack", "evaluate_layouts", "replay_pack", "export", "require", "measure_perplexity"]
+
+
+def require(path: str | Path, what: str) -> Path:
+    """``path`` as a Path if it exists; a one-line user error naming ``what`` otherwise."""
+    p = Path(path)
+    if not p.exists():
+        raise CoactError(f"{what} {p} not found")
+    return p
+
+
+def _model(model: str | ModelHandle) -> ModelHandle:
+    return load_model(model) if isinstance(model, str) else model
+
+
+# ----------------------------------------------------------------------------------------------------------- trace
+def capture(
+    model: str | ModelHandle,
+    corpus: str,
+    out: str | Path,
+    *,
+    tokens: int,
+    start: int = 0,
+    ctx: int = 256,
+    method: str = "cats",
+    sparsity: float = 0.9,
+    calib_tokens: int = 1024,
+    shard_tokens: int = 2048,
+    thresholds_from: str | Path | None = None,
+    progress: bool = True,
+) -> Trace:
+    """Capture a trace of `tokens` tokens of `corpus` from `start` (see :mod:`coact.trace`).
+
+    `model` is a spec (`smollm2`, a local path) or an already loaded :class:`coact.models.ModelHandle`.
+    `thresholds_from` reuses the CATS thresholds of another trace of the same model (so a held-out trace is
+    sparsified exactly like the profiling trace).
+    """
+    get_sparsifier(method, sparsity=sparsity)  # validate cheap inputs before the slow model load
+    text = load_text(corpus)
+    handle = _model(model)
+    stream = tokenize(text, handle.tokenizer)
+    thresholds = None
+    if thresholds_from is not None:
+        ref = Trace.load(thresholds_from)
+        if ref.model_id != handle.model_id:
+            raise TraceError(f"{thresholds_from} was captured from {ref.model_id!r}, not {handle.model_id!r}")
+        thresholds = ref.meta["sparsifier"].get("thresholds")
+    cfg = CaptureConfig(
+        model_id=handle.model_id,
+        corpus=corpus,
+        corpus_digest=text_digest(text),
+        token_start=int(start),
+        n_tokens=int(tokens),
+        ctx=int(ctx),
+        method=method,
+        sparsity=float(sparsity),
+        calib_tokens=int(calib_tokens),
+        shard_tokens=int(shard_tokens),
+    )
+    return capture_trace(handle, stream, cfg, out, thresholds=thresholds, progress=progress)
+
+
+# ----------------------------------------------------------------------------------------------------------- stats
+def count(trace: str | Path | Trace, out: str | Path | None = None, *, start: int = 0, stop: int | None = None,
+          progress: bool = True) -> CoactStats:
+    """Co-activation statistics of tokens [start, stop) of a trace, saved to ``out`` when given."""
+    tr = trace if isinstance(trace, Trace) else Trace.load(require(trace, "trace"))
+    st = compute_stats(tr, start=start, stop=stop, progress=progress)
+    if out is not None:
+        st.save(out)
+    return st
+
+
+# ---------------------------------------------------------------------------------------------------------- layouts
+def solve_layouts(
+    stats: CoactStats,
+    solvers: Sequence[str],
+    out_dir: str | Path | None = None,
+    *,
+    seed: int = 0,
+    time_limit: float | None = None,
+    progress: bool = True,
+) -> dict[str, tuple[Layout, Any]]:
+    """Run each solver spec on every layer; return {spec: (Layout, SolveResult)} and save
+    `out_dir/{spec}.safetensors`. Every spec is checked before any work starts."""
+    for spec in solvers:
+        get_solver(spec)
+    out: dict[str, tuple[Layout, Any]] = {}
+    for spec in solvers:
+        res = solve_model(stats, spec, seed=seed, time_limit=time_limit, progress=bars(progress))
+        layout = Layout(
+            res.perms,
+            model_id=str(stats.meta.get("model_id", "")),
+            solver=spec,
+            params={**res.params, "solve_seconds": [round(s, 4) for s in res.seconds]},
+            stats_digest=stats.digest,
+        )
+        if out_dir is not None:
+            Path(out_dir).mkdir(parents=True, exist_ok=True)
+            save_layout(layout, Path(out_dir) / f"{spec}.safetensors")
+        out[spec] = (layout, res)
+    return out
+
+
+def check_compatible(layout: Layout, target: Any, what: str = "trace") -> None:
+    """A layout and a trace (or a loaded model: anything with n_layers, n_neurons, model_id) must have the same
+    shape, and the same model id when the layout records one."""
+    if layout.n_layers != target.n_layers or any(n != target.n_neurons for n in layout.n_neurons):
+        raise CoactError(
+            f"layout has {layout.n_layers} layers x {layout.n_neurons[0] if layout.n_neurons else 0} neurons, "
+            f"the {what} has {target.n_layers} x {target.n_neurons}"
+        )
+    if layout.model_id and layout.model_id != target.model_id:
+        raise CoactError(f"layout is for model {layout.model_id!r}, the {what} is from {target.model_id!r}")
+
+
+def bundle_bytes(bundle: str, dtype: str, d_model: int) -> int:
+    """Bytes of one neuron's bundle (docs/DESIGN.md §2: parts x d_model x dtype size)."""
+    if bundle not in BUNDLES:
+        raise CoactError(f"unknown bundle {bundle!r}; choose from {', '.join(BUNDLES)}")
+    if dtype not in DTYPES:
+        raise CoactError(f"unknown dtype {dtype!r}; choose from {', '.join(DTYPES)}")
+    return len(BUNDLES[bundle]) * int(d_model) * DTYPES[dtype].itemsize
+
+
+def evaluate_layouts(layouts: Sequence[str | Path], trace: str | Path | Trace, *, start: int = 0,
+                     stop: int | None = None, collapse: int = 0, bundle: str = "up-down",
+                     dtype: str = "fp16") -> list[dict[str, Any]]:
+    """Simulated metrics (runs, reads, bytes; no disk I/O) of each layout file on tokens [start, stop) of a trace:
+    one row per layout with the report's overall figures."""
+    tr = trace if isinstance(trace, Trace) else Trace.load(require(trace, "trace"))
+    bb = bundle_bytes(bundle, dtype, int(tr.meta["d_model"]))
+    lays = []
+    for lp in layouts:
+        lay = load_layout(require(lp, "layout"))
+        check_compatible(lay, tr)
+        lays.append((lp, lay))
+    packed = tr.packed(start, stop)
+    rows = []
+    for lp, lay in lays:
+        rep = simulate(lay, packed, tr.n_neurons, bundle_bytes=bb, collapse_gap=collapse)
+        rows.append({"layout": str(lp), "solver": lay.solver, "n_tokens": int(packed.shape[0]),
+                     **{k: v for k, v in rep.to_dict().items() if k != "per_layer"}})
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------------------ packs
+def pack(model: str | ModelHandle, layout: Layout, out: str | Path, *, bundle: str = "up-down", dtype: str = "fp16",
+         progress: bool = True) -> Path:
+    """Write the model's FFN bundles in `layout` order into a pack file."""
+    bundle_bytes(bundle, dtype, 1)  # validate names before loading the model
+    handle = _model(model)
+    check_compatible(layout, handle, "model")
+    write_pack(out, handle.ffn_weights, layout, bundle=bundle, dtype=dtype, d_model=handle.d_model,
+               progress=bars(progress))
+    return Path(out)
+
+
+def ensure_pack(model: str | ModelHandle, layout: Layout, path: str | Path, *, log: Any = None, **kw: Any) -> Path:
+    """`path` holding `layout`'s pack: reused when the file there already holds exactly that layout (same digest),
+    else (re)written. Packs are ~100 MB each; benchmarks and `coact pipelines` call this to avoid re-packing."""
+    path = Path(path)
+    if path.exists():
+        try:
+            with PackFile(path) as pf:
+                if pf.layout_digest == layout.digest:
+                    return path
+        except PackError:
+            pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if log is not None:
+        log(f"packing {layout.solver or 'layout'} -> {path}")
+    return pack(model, layout, path, progress=False, **kw)
+
+
+def replay_pack(pack_file: str | Path, trace: str | Path | Trace, *, start: int = 0, stop: int | None = None,
+                collapse: int | str = 0, engine: str = "sync", cache_mb: float = 0.0, policy: str = "none",
+                progress: bool = True) -> Report:
+    """Real O_DIRECT replay of tokens [start, stop) of a trace against a pack file (the pack embeds its layout).
+
+    ``cache_mb`` is the DRAM budget in MB (10^6 bytes) shared by all layers, managed by cache ``policy``.
+    """
+    tr = trace if isinstance(trace, Trace) else Trace.load(require(trace, "trace"))
+    with PackFile(require(pack_file, "pack file")) as pf:
+        if pf.model_id and pf.model_id != tr.model_id:
+            raise CoactError(f"pack is for model {pf.model_id!r}, trace is from {tr.model_id!r}")
+        layout = Layout(pf.perms(), model_id=pf.model_id, solver=pf.header.get("solver", ""))
+        bb = pf.bundle_bytes
+    check_compatible(layout, tr)
+    if cache_mb < 0:
+        raise CoactError(f"--cache-mb must be >= 0, got {cache_mb}")
+    cache = get_cache(policy, int(cache_mb * 1e6), bb) if policy != "none" or cache_mb else None
+    return replay(pack_file, layout, tr.packed(start, stop), collapse_gap=collapse, engine=engine, cache=cache,
+                  progress=bars(progress))
+
+
+def export(layout: str | Path, fmt: str = "json", out: str | Path | None = None) -> Path:
+    """Export a layout file for an inference engine (json, csv, npz); returns the written path."""
+    lay = load_layout(require(layout, "layout"))
+    target = Path(out) if out is not None else Path(layout).with_suffix("." + fmt)
+    return export_layout(lay, target, fmt)
+
+
+# --------------------------------------------------------------------------------------------------------- accuracy
+def measure_perplexity(
+    model: str | ModelHandle = "smollm2",
+    corpus: str = "pydoc",
+    *,
+    start: int | None = None,
+    tokens: int = 2048,
+    ctx: int = 256,
+    method: str | None = "cats",
+    sparsity: float = 0.9,
+    calib_tokens: int = 1024,
+    thresholds_from: str | Path | None = None,
+    dense: bool = True,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Dense and sparse teacher-forced perplexity on tokens [start, start + tokens) of ``corpus``
+    (:mod:`coact.accuracy`), and the perplexity cost ``sparse / dense - 1``.
+
+    Thresholds come from ``thresholds_from`` (a trace of the same model) or are calibrated on corpus tokens
+    [0, calib_tokens), exactly as ``coact trace`` calibrates; ``start`` defaults to ``calib_tokens`` so that the
+    evaluated tokens never include the calibration tokens (an overlapping range is refused).
+    """
+    sp = None if method is None else get_sparsifier(method, sparsity=sparsity)
+    text = load_text(corpus)
+    handle = _model(model)
+    stream = tokenize(text, handle.tokenizer)
+    thresholds = None
+    if sp is not None and thresholds_from is not None:
+        ref = Trace.load(require(thresholds_from, "trace"))
+        if ref.model_id != handle.model_id:
+            raise TraceError(f"{thresholds_from} was captured from {ref.model_id!r}, not {handle.model_id!r}")
+        thresholds = ref.meta["sparsifier"].get("thresholds")
+        sp = get_sparsifier(method, sparsity=sparsity, thresholds=thresholds)  # type: ignore[arg-type]
+    start = int(calib_tokens if start is None else start)
+    if sp is not None and sp.needs_calibration:
+        if start < calib_tokens:
+            raise CoactError(f"evaluated tokens [{start}, {start + tokens}) overlap the calibration tokens "
+                             f"[0, {calib_tokens}); use --start >= {calib_tokens} or --thresholds-from")
+        sp.calibrate(forward_activations(handle, token_windows(stream, 0, int(calib_tokens), int(ctx))))
+    prog = bars(progress)
+    out: dict[str, Any] = {"model_id": handle.model_id, "corpus": corpus, "token_start": start,
+                           "n_tokens": int(tokens), "ctx": int(ctx),
+                           "sparsifier": None if sp is None else sp.params()}
+    if dense:
+        out["dense"] = perplexity(handle, stream, start=start, tokens=tokens, ctx=ctx, progress=prog).to_dict()
+    if sp is not None:
+        out["sparse"] = perplexity(handle, stream, start=start, tokens=tokens, ctx=ctx, sparsifier=sp,
+                                   progress=prog).to_dict()
+    if dense and sp is not None:
+        out["ppl_cost"] = out["sparse"]["ppl"] / out["dense"]["ppl"] - 1.0
+    return out
