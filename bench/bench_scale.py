@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # the repo (common/ may be missing from an old editable install)
 
 
 def main() -> None:
@@ -27,7 +27,7 @@ def main() -> None:
 
     from synthetic import planted_chain_graph, recovery
 
-    from solvers.base import get_solver, objective
+    from solvers.base import objective, solve_layers
 
     inst = [planted_chain_graph(args.n, seed=l) for l in range(args.layers)]
     print(f"{args.layers} layers x {args.n:,} neurons, {sum(i.graph.n_edges for i in inst):,} edges in all")
@@ -35,9 +35,8 @@ def main() -> None:
     print("|---|---:|---:|---:|")
     ripple_obj = None
     for spec in solvers:
-        s = get_solver(spec)
         t0 = time.perf_counter()
-        perms = [s.solve(i.graph, seed=l) for l, i in enumerate(inst)]
+        perms = solve_layers([i.graph for i in inst], spec, seed=0).perms  # layer l gets seed l
         secs = time.perf_counter() - t0
         obj = sum(objective(p, i.graph) for p, i in zip(perms, inst))
         ripple_obj = ripple_obj or (obj if spec == "ripple" else None)

@@ -15,8 +15,9 @@ ProgressFn = Callable[[str, int, Optional[int]], None]
 
 
 def tracked(seq: Iterable[T], progress: ProgressFn | None, description: str, total: int | None = None) -> Iterator[T]:
-    """Yield the items of ``seq`` and report each completed one to ``progress`` (nothing when it is None)."""
-    if progress is None:
+    """Yield the items of ``seq`` and report each completed one to ``progress`` (nothing when it is None or
+    False, so that callers written for the older ``progress: bool`` flag stay silent)."""
+    if not progress:
         yield from seq
         return
     if total is None:
@@ -32,3 +33,9 @@ def tracked(seq: Iterable[T], progress: ProgressFn | None, description: str, tot
         progress(description, done, total)
     if total is None:
         progress(description, done, done)
+
+
+def notify(progress: ProgressFn | None, description: str, done: int, total: int | None) -> None:
+    """Report one step to ``progress`` when there is one (None or False: silent)."""
+    if progress:
+        progress(description, done, total)

@@ -40,7 +40,7 @@ import numpy as np
 from scipy.optimize import nnls
 
 from common.atomic import atomic_path
-from common.progress import ProgressFn
+from common.progress import ProgressFn, notify
 from runtime.direct import ALIGN, DirectFile, drop_page_cache, filesystem_type, has_o_direct
 from runtime.errors import DeviceError
 
@@ -237,8 +237,7 @@ def profile_device(
 
     def advance() -> None:
         nonlocal done
-        if progress is not None:
-            progress("device profile", done, total)
+        notify(progress, "device profile", done, total)
         done += 1
 
     with DirectFile(p) as f:

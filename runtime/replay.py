@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from common.bits import unpack_bits
-from common.progress import ProgressFn
+from common.progress import ProgressFn, notify
 from runtime.caches import Cache, NoCache, load_masks
 from runtime.direct import drop_page_cache, filesystem_type, has_o_direct
 from runtime.engines import engine_queue_depth, get_engine
@@ -167,11 +167,6 @@ def resolve_collapse(collapse_gap: int | str, *, bundle_bytes: int, cost_model: 
     return gap
 
 
-def _report(progress: ProgressFn | None, description: str, done: int, total: int) -> None:
-    if progress is not None:
-        progress(description, done, total)
-
-
 def modelled_latency_ns(counts: TraceCounts, cost_model: Any, queue_depth: int = 1) -> np.ndarray:
     """int64 [T, L] modelled I/O time of every (token, layer): ``cost_model.batch_time(reads, bytes_read, qd)``."""
     t = cost_model.batch_time(counts.reads, counts.bytes_read, queue_depth)
@@ -248,12 +243,12 @@ def simulate(
     step = _chunk_tokens(layout, sel, chunk_tokens)
     T = packed_active.shape[0]
     parts = []
-    _report(progress, "simulate", 0, T)
+    notify(progress, "simulate", 0, T)
     for a in range(0, T, step):
         c, _ = plan_chunk(layout, np.asarray(packed_active[a : a + step]), sel, bundle_bytes=bundle_bytes,
                           collapse_gap=collapse_gap, cache=cache, align=align, dense=dense)
         parts.append(c)
-        _report(progress, "simulate", a + c.n_tokens, T)
+        notify(progress, "simulate", a + c.n_tokens, T)
     cfg = _config(layout, bundle_bytes=bundle_bytes, collapse_gap=collapse_gap, cache=cache, engine=None,
                   pack_path=None, align=align, dense=dense, layers=sel)
     counts = TraceCounts.concat(parts, sel)
@@ -317,7 +312,7 @@ def replay(
         fileno = getattr(eng, "fileno", None)
         if fileno is not None and not has_o_direct(fileno()):
             raise RuntimeError(f"engine {engine!r} did not open {path} with O_DIRECT")
-        _report(progress, "replay", 0, T)
+        notify(progress, "replay", 0, T)
         for a in range(0, T, step):
             counts, ranges = plan_chunk(layout, np.asarray(packed_active[a : a + step]), sel, bundle_bytes=bb,
                                         collapse_gap=collapse_gap, cache=cache, bases=bases, dense=dense,
@@ -338,7 +333,7 @@ def replay(
                     row[j] = clock() - t0
                     if read_log is not None:
                         read_log.append((offs, sizes))
-            _report(progress, "replay", a + counts.n_tokens, T)
+            notify(progress, "replay", a + counts.n_tokens, T)
     finally:
         eng.close()
     cfg = _config(layout, bundle_bytes=bb, collapse_gap=collapse_gap, cache=cache, engine=engine,

@@ -102,7 +102,10 @@ def check_time_limit(time_limit: float | None) -> float | None:
 
 class SolverBase:
     """The shared part of every built-in solver's ``solve``: subclasses implement :meth:`_solve` on a validated
-    :class:`CoactGraph` and get plain-data input, argument checks and a checked int64 result for free."""
+    :class:`CoactGraph` and get plain-data input, argument checks and a checked int64 result for free.
+
+    A solver with a ``time_limit`` attribute (its constructor's default budget) gets it in :meth:`_solve` when the
+    caller passes none; ``init``, when given, arrives as a checked int64 permutation."""
 
     name: str = ""
     optimises: str = ""
@@ -112,6 +115,8 @@ class SolverBase:
         """See :class:`Solver`; ``options`` are solver-specific keywords (e.g. ``collapse-ls``'s ``sample``)."""
         graph = as_graph(counts, freq)
         limit = check_time_limit(time_limit)
+        if limit is None:
+            limit = getattr(self, "time_limit", None)
         start = None if init is None else check_permutation(init, graph.n, what="init")
         perm = self._solve(graph, seed=int(seed), time_limit=limit, init=start, progress=progress, **options)
         return check_permutation(perm, graph.n)

@@ -15,8 +15,8 @@ only. Moves: **swap** neuron x with the neuron sitting just before/after one of 
 (k=8). A swap only changes tokens that contain exactly one of the two neurons, and each such token changes only
 inside windows of ``gap + 1`` positions around the two positions, so the exact delta costs O(gap) per affected
 token on a position-occupancy bitmap (tokens x positions, uint8). Only strictly improving swaps are applied; nodes
-are revisited through the queue of :mod:`solvers.worklist`, as in :mod:`solvers.local_search`; the search stops at a local optimum or at the
-time limit. Compiled with numba.
+are revisited through the queue of :mod:`solvers.worklist`, as in :mod:`solvers.local_search`; the search stops at
+a local optimum or at the time limit. Compiled with numba.
 
 The sample: ``sample=`` (constructor or ``solve`` keyword) takes a list of active-index arrays, a bool array
 [T, n] or a bit-packed uint8 array [T, ceil(n/8)] (``Trace.layer_packed``). **Without a sample** (plain protocol
@@ -313,7 +313,7 @@ class CollapseLocalSearch(SolverBase):
                progress: ProgressFn | None, sample: Any = None) -> np.ndarray:
         """``sample`` (keyword of ``solve``) overrides the constructor's sample for this call."""
         t0 = time.perf_counter()
-        limit = self.time_limit if time_limit is None else float(time_limit)
+        limit = float(time_limit)  # SolverBase passes self.time_limit when the caller gives none
         n = int(graph.n)
         self.history = []
         if n <= 1:

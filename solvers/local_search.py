@@ -12,9 +12,9 @@ positions, so this is local search for the maximum-weight Hamiltonian path. Two 
 Moves are generated from a **candidate-neighbour list** (the top-k co-activated partners of each neuron, k=10 by
 default; Johnson & McGeoch 1997, "The TSP: a case study in local optimization"): a move is tried only if it makes a
 neuron adjacent to one of its candidates. The two path ends are always candidates too (moves to the free ends).
-Nodes wait in a queue ("don't-look bits", Bentley 1992; :mod:`solvers.worklist`); a node whose best move does not improve leaves the
-queue, the endpoints of every applied move re-enter it. Only strictly improving moves are applied and deltas are
-exact int64 arithmetic on the counts, so the objective never decreases. The search stops at a local optimum
+Nodes wait in a queue ("don't-look bits", Bentley 1992; :mod:`solvers.worklist`); a node whose best move does not
+improve leaves the queue, the endpoints of every applied move re-enter it. Only strictly improving moves are applied
+and deltas are exact int64 arithmetic on the counts, so the objective never decreases. The search stops at a local optimum
 (empty queue) or when `time_limit` is used up (checked between chunks of the compiled kernel).
 
 Start: `init` if given, else the Ripple greedy placement (:func:`solvers.ripple.default_start`). The kernels are
@@ -328,7 +328,7 @@ class LocalSearchSolver(SolverBase):
     def _solve(self, graph: CoactGraph, *, seed: int, time_limit: float | None, init: np.ndarray | None,
                progress: ProgressFn | None) -> np.ndarray:
         t0 = time.perf_counter()
-        limit = self.time_limit if time_limit is None else float(time_limit)
+        limit = float(time_limit)  # SolverBase passes self.time_limit when the caller gives none
         n = int(graph.n)
         self.history = []
         if n == 0:

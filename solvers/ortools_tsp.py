@@ -65,7 +65,7 @@ class OrToolsSolver(SolverBase):
     def _solve(self, graph: CoactGraph, *, seed: int, time_limit: float | None, init: np.ndarray | None,
                progress: ProgressFn | None) -> np.ndarray:
         t0 = time.perf_counter()
-        limit = self.time_limit if time_limit is None else float(time_limit)
+        limit = float(time_limit)  # SolverBase passes self.time_limit when the caller gives none
         n = int(graph.n)
         if n > self.max_n:
             raise SolverError(

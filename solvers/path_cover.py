@@ -14,9 +14,9 @@ Method (exact steps):
 2. **Rounding = greedy b-matching with cycle breaking** (the greedy for maximum-weight b-matching, Avis 1983
    "A survey of heuristics for the weighted matching problem", i.e. the Kruskal-style path merging also used by
    Ripple, Wang et al. 2024): scan edges in a given order and keep an edge if both ends still have degree < 2 and
-   it does not close a cycle (union-find). Within an integral cycle of the LP this drops exactly its lightest edge.
-   Two orders are tried: (a) LP value descending, ties by count descending; (b) the LP's support edges by count
-   descending.
+   it does not close a cycle (union-find; the shared walk of :mod:`solvers.paths`). Within an integral cycle of
+   the LP this drops exactly its lightest edge. Two orders are tried: (a) LP value descending, ties by count
+   descending; (b) the LP's support edges by count descending.
 3. **Chaining**: continue the same greedy over *all* stored pairs by decreasing count (only path endpoints can
    still take an edge, so this joins paths by their end-to-end weights); paths that share no co-activation are
    concatenated, longest first.
@@ -79,7 +79,7 @@ class PathCoverSolver(SolverBase):
     def _solve(self, graph: CoactGraph, *, seed: int, time_limit: float | None, init: np.ndarray | None,
                progress: ProgressFn | None) -> np.ndarray:
         t0 = time.perf_counter()
-        limit = self.time_limit if time_limit is None else float(time_limit)
+        limit = float(time_limit)  # SolverBase passes self.time_limit when the caller gives none
         n = int(graph.n)
         if n == 0:
             return np.zeros(0, dtype=np.int64)

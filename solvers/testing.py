@@ -33,7 +33,6 @@ Every check is a function ``check(make)`` of a zero-argument factory returning a
 """
 from __future__ import annotations
 
-import importlib
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
@@ -299,7 +298,7 @@ def parametrize_with_checks(solvers: Iterable[Any]) -> Any:
     ``solvers``: names, chains, factories or instances (as :func:`check_solver` takes). The test body is
     ``check(solver)``.
     """
-    pytest = importlib.import_module("pytest")  # a test-time dependency only: never imported by the library
+    import pytest  # a test-time dependency only: never imported by the library itself
     cases = []
     for s in solvers:
         make = as_factory(s)

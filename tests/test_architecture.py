@@ -23,7 +23,7 @@ ALLOWED = {
 }
 #: Optional or heavy third-party packages that may be imported inside a function (lazily).
 LAZY_OK = {"torch", "transformers", "ortools", "igraph", "liburing", "ray", "gguf", "accelerate", "matplotlib",
-           "datasets", "networkx", "safetensors"}
+           "datasets", "networkx", "safetensors", "pytest", "hypothesis"}
 
 
 def _modules() -> dict[str, Path]:

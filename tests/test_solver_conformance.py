@@ -13,13 +13,13 @@ from common.registry import Registry
 from solvers.base import (
     SOLVERS,
     SolverBase,
+    available_solvers,
     check_permutation,
     check_time_limit,
     get_solver,
     objective,
     register,
 )
-from solvers.base import available_solvers
 from solvers.errors import SolverError
 from solvers.graph import as_graph
 from solvers.testing import brute_objective, check_solver, parametrize_with_checks, random_graph, solver_checks

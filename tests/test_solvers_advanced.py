@@ -282,3 +282,47 @@ def test_exclude_resident_and_solve(planted):
     assert recovery(perm, cold_pairs) >= 0.8
     with pytest.raises(SolverError):
         exclude_resident(g, [g.n])
+
+
+# -- shared building blocks -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_one_top_k_routine_serves_graph_candidates_and_bounds(seed):
+    from solvers.bounds import _second_largest, all_edges, incidence, per_node_top
+
+    g = random_graph(40, density=0.3, seed=seed, max_count=5)  # small counts: many ties
+    dense = g.counts.toarray()
+    for k in (1, 3, 8):
+        want = np.full((g.n, k), -1)
+        for i in range(g.n):
+            nb = [j for j in np.lexsort((np.arange(g.n), -dense[i])) if dense[i, j] > 0][:k]
+            want[i, : len(nb)] = nb
+        np.testing.assert_array_equal(g.top_k(k), want)  # by count, ties by smaller id
+        np.testing.assert_array_equal(candidate_lists(g, k), want)
+        np.testing.assert_array_equal(candidate_lists(csr_arrays(g), k), want)
+    es = all_edges(g)
+    inc = incidence(es)
+    sel = set(per_node_top(es, es.w, 2, inc=inc).tolist())
+    for v in range(g.n):  # every node's two heaviest incident edges are selected
+        mine = np.flatnonzero((es.u == v) | (es.v == v))
+        top = np.sort(es.w[mine])[::-1][:2]
+        chosen = np.sort(es.w[[e for e in mine if e in sel]])[::-1]
+        assert chosen.size >= top.size and np.array_equal(chosen[: top.size], top)
+        assert _second_largest(es, inc)[v] == np.sort(dense[v])[::-1][1]
+
+
+def test_path_walk_shared_by_ripple_and_path_cover():
+    from solvers.paths import cover_to_perm, edges_by_weight, merge_edges, new_cover, walk_paths
+
+    # two paths 0-1-2 and 3-4 plus isolated 5; the pair (0, 2) would close a cycle, (1, 3) exceeds degree 2 at 1
+    c = np.zeros((6, 6), dtype=np.int64)
+    for (a, b), w in {(0, 1): 9, (1, 2): 8, (0, 2): 7, (1, 3): 6, (3, 4): 5}.items():
+        c[a, b] = c[b, a] = w
+    nbr, deg, parent = new_cover(6)
+    u, v, _ = edges_by_weight(c)
+    assert merge_edges(nbr, deg, parent, u, v) == 3
+    order, starts = walk_paths(nbr, deg)
+    assert [order[starts[i]:starts[i + 1]].tolist() for i in range(len(starts) - 1)] == [[0, 1, 2], [3, 4], [5]]
+    assert cover_to_perm(nbr, deg).tolist() == [0, 1, 2, 3, 4, 5]
+    assert get_solver("path-cover", method="greedy", polish=False).solve(c).tolist() == [0, 1, 2, 3, 4, 5]
