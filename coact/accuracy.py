@@ -56,20 +56,15 @@ def sparsified(handle: ModelHandle, sparsifier: Sparsifier | None) -> Iterator[l
     if sparsifier is None:
         yield counts
         return
-    hooks = []
-    for layer in range(handle.n_layers):
-        def hook(_mod: Any, _inp: Any, out: torch.Tensor, layer: int = layer) -> torch.Tensor:
-            mask = sparsifier.mask(layer, out)
-            counts[layer][0] += float(mask.sum())
-            counts[layer][1] += float(mask.numel())
-            return out * mask.to(out.dtype)
 
-        hooks.append(handle.act_module(layer).register_forward_hook(hook))
-    try:
+    def mask(layer: int, out: torch.Tensor) -> torch.Tensor:
+        keep = sparsifier.mask(layer, out)
+        counts[layer][0] += float(keep.sum())
+        counts[layer][1] += float(keep.numel())
+        return out * keep.to(out.dtype)
+
+    with handle.act_hooks(mask):
         yield counts
-    finally:
-        for h in hooks:
-            h.remove()
 
 
 def perplexity(handle: ModelHandle, stream: np.ndarray, *, start: int, tokens: int, ctx: int = 256,

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -90,6 +91,23 @@ class ModelHandle:
             if mod is not None and hasattr(mod, "register_forward_hook"):
                 return mod
         raise ModelError(f"{type(mlp).__name__}: no activation module ({'/'.join(_ACT_NAMES)})")
+
+    @contextmanager
+    def act_hooks(self, fn: Callable[[int, Any], Any]) -> Iterator[None]:
+        """Within the block, ``fn(layer, a)`` sees the activation ``a = act(gate(x))`` of every layer on every
+        forward; a non-None return value replaces ``a``. Capture (recording active sets) and the sparse model
+        (masking inactive neurons) are both built on this one hook point."""
+        hooks = []
+        for layer in range(self.n_layers):
+            def hook(_mod: Any, _inp: Any, out: Any, layer: int = layer) -> Any:
+                return fn(layer, out)
+
+            hooks.append(self.act_module(layer).register_forward_hook(hook))
+        try:
+            yield
+        finally:
+            for h in hooks:
+                h.remove()
 
     def ffn_weights(self, layer: int) -> dict[str, np.ndarray]:
         """{'gate': [N,d], 'up': [N,d], 'down': [d,N]} float32. Plain MLPs have no gate: gate is up."""

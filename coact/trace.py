@@ -49,17 +49,12 @@ def _features(n_layers: int, nb: int) -> Any:
 def capture_activations(handle: Any) -> Iterator[list[list[torch.Tensor]]]:
     """Forward hooks that collect act(gate(x)) of every layer: yields `bufs[l]`, a list of [B*S, N] tensors."""
     bufs: list[list[torch.Tensor]] = [[] for _ in range(handle.n_layers)]
-    hooks = []
-    for layer in range(handle.n_layers):
-        def hook(_mod: Any, _inp: Any, out: torch.Tensor, layer: int = layer) -> None:
-            bufs[layer].append(out.detach().reshape(-1, out.shape[-1]).float())
 
-        hooks.append(handle.act_module(layer).register_forward_hook(hook))
-    try:
+    def record(layer: int, out: torch.Tensor) -> None:
+        bufs[layer].append(out.detach().reshape(-1, out.shape[-1]).float())
+
+    with handle.act_hooks(record):
         yield bufs
-    finally:
-        for h in hooks:
-            h.remove()
 
 
 def forward_activations(handle: Any, windows: list[np.ndarray], batch: int = 4) -> list[torch.Tensor]:

@@ -21,7 +21,7 @@ from coact.progress import bars
 from coact.sparsify import get_sparsifier
 from coact.stats import CoactStats, compute_stats
 from coact.trace import CaptureConfig, Trace, capture_trace, forward_activations
-from runtime.caches import get_cache
+from runtime.caches import CACHES, get_cache
 from runtime.layout import Layout, export_layout, load_layout, save_layout
 from runtime.pack import BUNDLES, DTYPES, PackError, PackFile, write_pack
 from runtime.replay import replay, simulate
@@ -211,6 +211,7 @@ def replay_pack(pack_file: str | Path, trace: str | Path | Trace, *, start: int 
 
     ``cache_mb`` is the DRAM budget in MB (10^6 bytes) shared by all layers, managed by cache ``policy``.
     """
+    CACHES.entry(policy)  # an unknown policy fails before any file is opened
     tr = trace if isinstance(trace, Trace) else Trace.load(require(trace, "trace"))
     with PackFile(require(pack_file, "pack file")) as pf:
         if pf.model_id and pf.model_id != tr.model_id:

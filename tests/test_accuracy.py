@@ -33,12 +33,13 @@ def test_keep_everything_equals_dense(smollm2, stream):
 
 
 def test_sparser_is_worse_and_matches_the_trace(smollm2, smollm2_trace, stream):
-    """The masked forward keeps exactly the neurons a trace records: same thresholds, same tokens, same
-    achieved sparsity; and more sparsity costs perplexity."""
+    """Layer 0 of the masked forward keeps exactly the neurons a trace records (same thresholds, same tokens);
+    deeper layers differ because a trace records the activations of the *dense* forward, while the sparse model's
+    later layers see inputs already changed by sparsified earlier layers. More sparsity costs perplexity."""
     thr = smollm2_trace.meta["sparsifier"]["thresholds"]
     sp = get_sparsifier("cats", sparsity=0.9, thresholds=thr)
     res = perplexity(smollm2, stream, start=0, tokens=512, ctx=256, sparsifier=sp)
-    np.testing.assert_allclose(res.achieved_sparsity, smollm2_trace.meta["achieved_sparsity"], atol=1e-4)
+    assert res.achieved_sparsity[0] == pytest.approx(smollm2_trace.meta["achieved_sparsity"][0], abs=1e-6)
     dense = perplexity(smollm2, stream, start=0, tokens=512, ctx=256)
     assert res.ppl > dense.ppl
 
