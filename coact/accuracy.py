@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -100,3 +100,153 @@ def perplexity(handle: ModelHandle, stream: np.ndarray, *, start: int, tokens: i
     achieved = None if sparsifier is None else [1.0 - k / t if t else 0.0 for k, t in counts]
     return Perplexity(ppl=float(np.exp(nll)), nll=nll, n_predicted=n_pred, n_tokens=int(tokens), ctx=int(ctx),
                       token_start=int(start), achieved_sparsity=achieved)
+
+
+# ------------------------------------------------------------------------------------------- operating points
+#
+# Why per-layer sparsity: layers differ a lot in how much masking their FFN costs (the first layers and the last
+# ones are usually the most sensitive), so one uniform sparsity wastes the accuracy budget on the sensitive layers.
+# We measure each layer's sensitivity alone (only that layer sparsified, the others dense), assume the costs add up
+# (log-perplexity increases are roughly additive for small perturbations), allocate per-layer sparsities that
+# maximise the mean sparsity within the budget (a Lagrangian relaxation of a multiple-choice knapsack), and then
+# correct for the interactions the additive model misses by rescaling the budget against the perplexity measured
+# with all layers sparsified at once. Every measurement uses *validation* tokens that are neither calibration nor
+# evaluation tokens.
+
+#: Sparsity levels at which layer sensitivity is measured (0 is implicit: no cost).
+SENSITIVITY_LEVELS = (0.3, 0.5, 0.7, 0.85, 0.95)
+_GRID = np.round(np.arange(0.0, 0.96, 0.01), 2)
+
+
+class _Thresholded:
+    """|a| > threshold per layer; a layer with threshold None is dense. The sparsifier that
+    :func:`sensitivity` and :func:`allocate` evaluate (quantiles of calibration activations, like CATS)."""
+
+    needs_calibration = False
+
+    def __init__(self, thresholds: list[float | None]) -> None:
+        self.thresholds = thresholds
+
+    def mask(self, layer: int, a: torch.Tensor) -> torch.Tensor:
+        t = self.thresholds[layer]
+        return torch.ones_like(a, dtype=torch.bool) if t is None else a.abs() > t
+
+
+def layer_quantiles(acts: list[torch.Tensor], levels: np.ndarray) -> np.ndarray:
+    """[L, len(levels)] thresholds: the ``levels`` quantiles of |a| of each layer's calibration activations."""
+    return np.stack([np.quantile(a.abs().float().numpy().ravel(), levels) for a in acts])
+
+
+def sensitivity(handle: ModelHandle, stream: np.ndarray, quantiles: np.ndarray, levels: Sequence[float], *,
+                start: int, tokens: int, ctx: int = 256, layers: Sequence[int] | None = None,
+                progress: ProgressFn | None = None) -> tuple[float, np.ndarray]:
+    """(dense NLL, [L, len(levels)] NLL increase when only layer l is sparsified at each level) on validation tokens
+    [start, start + tokens). Layers not in ``layers`` get NaN rows (not measured)."""
+    L = handle.n_layers
+    dense = perplexity(handle, stream, start=start, tokens=tokens, ctx=ctx).nll
+    out = np.full((L, len(levels)), np.nan)
+    todo = [(l, j) for l in (range(L) if layers is None else layers) for j in range(len(levels))]
+    for l, j in tracked(todo, progress, "layer sensitivity"):
+        thr: list[float | None] = [None] * L
+        thr[l] = float(quantiles[l, j])
+        out[l, j] = perplexity(handle, stream, start=start, tokens=tokens, ctx=ctx,
+                               sparsifier=_Thresholded(thr)).nll - dense
+    return dense, out
+
+
+def allocate(sens: np.ndarray, levels: Sequence[float], budget_nll: float) -> np.ndarray:
+    """Per-layer sparsities (on a 0.01 grid) maximising their mean subject to sum_l cost_l(s_l) <= budget_nll, with
+    cost_l the measured sensitivity interpolated linearly (through (0, 0)) and made non-decreasing."""
+    lv = np.concatenate([[0.0], np.asarray(levels, dtype=float)])
+    costs = []
+    for row in sens:
+        y = np.maximum.accumulate(np.maximum(np.concatenate([[0.0], np.nan_to_num(row, nan=np.inf)]), 0.0))
+        costs.append(np.interp(_GRID, lv, y, right=np.inf))
+    c = np.array(costs)  # [L, grid]
+
+    def pick(lam: float) -> np.ndarray:
+        return np.argmax(_GRID[None, :] - lam * c, axis=1)
+
+    lo, hi = 0.0, 1e6
+    for _ in range(100):  # bisection on the multiplier: larger lam, cheaper choices
+        mid = (lo + hi) / 2
+        idx = pick(mid)
+        if c[np.arange(len(c)), idx].sum() <= budget_nll:
+            hi = mid
+        else:
+            lo = mid
+    return _GRID[pick(hi)]
+
+
+def thresholds_for(acts: list[torch.Tensor], sparsity: Sequence[float]) -> list[float]:
+    """Per-layer CATS thresholds: the quantile ``sparsity[l]`` of |a| of layer l's calibration activations."""
+    return [float(np.quantile(a.abs().float().numpy().ravel(), s)) if s > 0 else -1.0
+            for a, s in zip(acts, sparsity)]
+
+
+@dataclass
+class OperatingPoint:
+    """Per-layer sparsities and CATS thresholds chosen to stay within a perplexity budget."""
+
+    budget: float
+    sparsity: list[float]
+    thresholds: list[float]
+    validation_ppl_dense: float
+    validation_ppl: float
+    method: str
+
+    @property
+    def mean_sparsity(self) -> float:
+        return float(np.mean(self.sparsity))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "mean_sparsity": self.mean_sparsity}
+
+
+def uniform_operating_point(handle: ModelHandle, stream: np.ndarray, acts: list[torch.Tensor], budget: float, *,
+                            start: int, tokens: int, ctx: int = 256, steps: int = 8,
+                            progress: ProgressFn | None = None) -> OperatingPoint:
+    """The largest uniform CATS sparsity whose validation perplexity stays within ``budget`` (bisection)."""
+    dense = perplexity(handle, stream, start=start, tokens=tokens, ctx=ctx).ppl
+    lo, hi, best = 0.0, 0.95, (0.0, dense)
+    for _ in tracked(range(steps), progress, "uniform sparsity search"):
+        mid = (lo + hi) / 2
+        sp = [mid] * handle.n_layers
+        ppl = perplexity(handle, stream, start=start, tokens=tokens, ctx=ctx,
+                         sparsifier=_Thresholded(thresholds_for(acts, sp))).ppl
+        if ppl <= dense * (1 + budget):
+            lo, best = mid, (mid, ppl)
+        else:
+            hi = mid
+    sp = [round(best[0], 4)] * handle.n_layers
+    return OperatingPoint(budget, sp, thresholds_for(acts, sp), dense, best[1], "uniform")
+
+
+def allocated_operating_point(handle: ModelHandle, stream: np.ndarray, acts: list[torch.Tensor], budget: float, *,
+                              start: int, tokens: int, ctx: int = 256, levels: Sequence[float] = SENSITIVITY_LEVELS,
+                              rounds: int = 4, sens: tuple[float, np.ndarray] | None = None,
+                              progress: ProgressFn | None = None) -> tuple[OperatingPoint, np.ndarray]:
+    """Per-layer sparsities allocated by measured layer sensitivity within ``budget`` (see the section comment).
+
+    Returns the operating point and the sensitivity matrix (reusable for other budgets via ``sens``)."""
+    quant = layer_quantiles(acts, np.asarray(levels))
+    dense_nll, s = sens if sens is not None else sensitivity(handle, stream, quant, levels, start=start,
+                                                             tokens=tokens, ctx=ctx, progress=progress)
+    target = float(np.log1p(budget))
+    b = target
+    best: tuple[np.ndarray, float] | None = None
+    dense_ppl = float(np.exp(dense_nll))
+    for _ in range(rounds):
+        sp = allocate(s, levels, b)
+        ppl = perplexity(handle, stream, start=start, tokens=tokens, ctx=ctx,
+                         sparsifier=_Thresholded(thresholds_for(acts, sp))).ppl
+        real = float(np.log(ppl / dense_ppl))
+        if real <= target and (best is None or sp.mean() > best[0].mean()):
+            best = (sp, ppl)
+        b = b * target / max(real, 1e-9) if real > 0 else b * 2  # correct for interactions
+    if best is None:  # never within budget: fall back to the most conservative allocation tried
+        sp = allocate(s, levels, target * 0.25)
+        best = (sp, perplexity(handle, stream, start=start, tokens=tokens, ctx=ctx,
+                               sparsifier=_Thresholded(thresholds_for(acts, sp))).ppl)
+    sp = [float(x) for x in best[0]]
+    return OperatingPoint(budget, sp, thresholds_for(acts, sp), dense_ppl, best[1], "allocated"), s

@@ -34,9 +34,10 @@ def load_text(spec: str) -> str:
     p = Path(spec).expanduser()
     if p.is_file():
         try:
-            return p.read_text(encoding="utf-8", errors="replace")
+            data = p.read_bytes()
         except OSError as exc:
             raise CorpusError(f"cannot read corpus {spec!r}: {exc}") from exc
+        return decode_text(data, spec)
     if p.is_dir():
         try:
             import datasets
@@ -50,6 +51,22 @@ def load_text(spec: str) -> str:
             raise CorpusError(f"dataset {spec!r} has no 'text' column (columns: {ds.column_names})")
         return "\n\n".join(t for t in ds["text"] if t)
     raise CorpusError(f"corpus {spec!r} not found: use 'pydoc', a text file, or a saved dataset folder")
+
+
+#: A corpus file may have at most this share of bytes outside valid UTF-8 (a stray Latin-1 byte is fine).
+MAX_INVALID_SHARE = 0.01
+
+
+def decode_text(data: bytes, spec: str) -> str:
+    """The text of a corpus file; refuse binaries (any NUL byte, or more than :data:`MAX_INVALID_SHARE` of the bytes
+    in invalid UTF-8 sequences): tokenising ``/bin/ls`` would give a trace of noise without any error."""
+    if b"\0" in data:
+        raise CorpusError(f"corpus {spec!r} is a binary file (it contains NUL bytes), not text")
+    text = data.decode("utf-8", errors="replace")
+    bad = text.count("\ufffd") - data.decode("utf-8", errors="ignore").count("\ufffd")
+    if data and bad > MAX_INVALID_SHARE * len(data):
+        raise CorpusError(f"corpus {spec!r} is not UTF-8 text ({bad} invalid byte sequences in {len(data)} bytes)")
+    return text
 
 
 def tokenize(text: str, tokenizer: Any) -> np.ndarray:

@@ -13,7 +13,9 @@ file with `importlib.util.find_spec` instead of importing the package, because t
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -135,6 +137,29 @@ def _describe(model: Any, tokenizer: Any, model_id: str, source: str) -> ModelHa
     return handle
 
 
+#: Config entries that say how a model was saved or loaded, not what it computes (left out of the identity).
+_VOLATILE_CONFIG = ("transformers_version", "torch_dtype", "dtype", "name_or_path", "architectures_auto_map")
+
+
+def local_model_id(handle: ModelHandle) -> str:
+    """The identity of a local model: ``local:`` + sha256 (32 hex) of its config (without save/load details) and
+    the float32 bytes of every layer's FFN weights.
+
+    Why not the folder name: two different models in folders of the same name (``model/``, ``out/``) would share
+    an id, and layouts, statistics and packs made for one would be accepted for the other.
+    """
+    h = hashlib.sha256(b"coact-local-model/1;")
+    cfg = handle.model.config.to_dict()
+    cfg = {k: v for k, v in cfg.items() if not k.startswith("_") and k not in _VOLATILE_CONFIG}
+    h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
+    for layer in range(handle.n_layers):
+        for name, w in sorted(handle.ffn_weights(layer).items()):
+            arr = np.ascontiguousarray(w, dtype="<f4")
+            h.update(f"{layer};{name};{arr.shape};".encode())
+            h.update(arr.tobytes())
+    return "local:" + h.hexdigest()[:32]
+
+
 def cache_dir() -> Path:
     """Where coact keeps derived artefacts between runs (`COACT_CACHE`, default ~/.cache/coact)."""
     return Path(os.environ.get("COACT_CACHE", Path.home() / ".cache" / "coact"))
@@ -168,7 +193,7 @@ def load_model(spec: str = "smollm2") -> ModelHandle:
         if p.is_file() and p.suffix == ".gguf":
             folder, kwargs, model_id = p.parent, {"gguf_file": p.name}, p.name
         elif p.is_dir() and (p / "config.json").is_file():
-            folder, model_id = p, p.resolve().name
+            folder, model_id = p, p.resolve().name  # replaced by local_model_id below
         else:
             raise ModelError(f"model {spec!r} not found: use 'smollm2', a local transformers directory or a .gguf file")
     try:
@@ -179,7 +204,10 @@ def load_model(spec: str = "smollm2") -> ModelHandle:
     model.eval()
     if cached is not None:
         _save_copy(model, tok, cached)
-    return _describe(model, tok, model_id, str(folder))
+    handle = _describe(model, tok, model_id, str(folder))
+    if spec != "smollm2":
+        handle.model_id = local_model_id(handle)
+    return handle
 
 
 def _save_copy(model: Any, tok: Any, target: Path) -> None:

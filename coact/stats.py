@@ -21,6 +21,13 @@ machine's matmul throughput (docs/DESIGN.md §6 asks for >= 70 %) instead of a P
 Files (docs/DESIGN.md §3 "Stats"): a directory with ``stats.safetensors`` (``freq`` and ``layers.{l}.coact``; int32 when
 every count fits, else int64) and ``meta.json`` (format name/version, n_tokens, shape, digest, the trace metadata).
 Written atomically (:func:`common.atomic.atomic_dir`) and validated on load against the content digest.
+
+Version 2 (this one): the digest also covers the provenance (:data:`PROVENANCE_KEYS`: model id, sparsifier and
+thresholds, corpus, token range, the trace's content digest), so two statistics with equal counts from different
+models or thresholds are never taken for each other. Version 1 folders still load (checked against the old,
+counts-only digest). An output folder is only replaced if it is a statistics folder (:func:`is_stats_dir`); the
+loader checks the declared tensor shapes against ``meta.json`` and the file size before reading any tensor, and a
+folder swapped by a concurrent ``save`` while being read is read again.
 """
 from __future__ import annotations
 
@@ -36,13 +43,21 @@ import numpy as np
 from scipy.linalg import blas
 from safetensors.numpy import load_file, save_file
 
-from common.atomic import atomic_dir
+from common.atomic import atomic_dir, check_output
 from common.bits import n_packed_bytes, unpack_bits
+from common.fileio import read_json_small, safetensors_header
 from coact.errors import CoactError
 from coact.progress import make_progress, track
 
 FORMAT_NAME = "coact-stats"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READ_VERSIONS = (1, 2)
+#: Metadata that says where the counts come from; part of the digest from version 2 on.
+PROVENANCE_KEYS = ("model_id", "sparsifier", "method", "sparsity", "corpus", "corpus_digest", "token_start", "ctx",
+                   "token_range", "content_digest", "layers", "parts")
+#: Sanity bounds checked before reading tensors (a dense N x N matrix per layer).
+MAX_LAYERS = 1 << 14
+MAX_NEURONS = 1 << 20
 TENSORS_FILE = "stats.safetensors"
 META_FILE = "meta.json"
 #: float32 holds every integer up to 2**24 exactly, so a chunk's X^T X is exact if it has at most this many tokens.
@@ -114,19 +129,35 @@ class CoactStats:
         return LayerStats(self.freq[l], self.coact[l], self.n_tokens)
 
     @property
+    def provenance(self) -> dict[str, Any]:
+        """The metadata entries of :data:`PROVENANCE_KEYS` that are present (JSON-normalised)."""
+        prov = {k: self.meta[k] for k in PROVENANCE_KEYS if k in self.meta}
+        return json.loads(json.dumps(prov, sort_keys=True, default=_json_default))
+
+    @property
     def digest(self) -> str:
-        """sha256 (hex) over the shape, n_tokens and all counts as little-endian int64.
+        """sha256 (hex) over the shape, n_tokens, all counts as little-endian int64 and the provenance.
 
         Why: layouts record the digest of the stats they were solved on (docs/DESIGN.md §3), and :meth:`load` detects
-        corruption with it. It depends only on the counts, not on the on-disk dtype or the metadata.
+        corruption with it. It depends on the counts and on where they come from (:attr:`provenance`: model,
+        sparsifier, thresholds, corpus, token range), not on the on-disk dtype or other metadata (creation time).
         """
+        h = self._counts_hash(f"{FORMAT_NAME}/{FORMAT_VERSION}")
+        h.update(json.dumps(self.provenance, sort_keys=True).encode())
+        return h.hexdigest()
+
+    def _counts_hash(self, tag: str) -> Any:
         h = hashlib.sha256()
-        h.update(f"{FORMAT_NAME}/{FORMAT_VERSION}".encode())
+        h.update(tag.encode())
         h.update(np.array([self.n_layers, self.n_neurons, self.n_tokens], dtype="<i8").tobytes())
         h.update(np.ascontiguousarray(self.freq, dtype="<i8"))
         for c in self.coact:
             h.update(np.ascontiguousarray(c, dtype="<i8"))
-        return h.hexdigest()
+        return h
+
+    def _digest_v1(self) -> str:
+        """The version-1 digest (counts only), to check folders written by older coact."""
+        return self._counts_hash(f"{FORMAT_NAME}/1").hexdigest()
 
     # -- combination ---------------------------------------------------------------------------------------------
 
@@ -165,12 +196,15 @@ class CoactStats:
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the statistics to directory ``path`` atomically; return the path.
 
-        The files are written into a temporary directory next to the target and renamed into place, so a crash
+        The files are written into a temporary directory next to the target and swapped into place, so a crash
         never leaves a half-written ``path`` (an existing ``path`` is replaced only once the new one is complete).
+        Only an existing statistics folder (or an empty folder) is replaced; anything else is refused
+        (:class:`common.errors.OutputExistsError`).
         """
         target = Path(path)
-        if target.exists() and not target.is_dir():
-            raise StatsError(f"{target} exists and is not a directory")
+        if self.n_tokens < 1:
+            raise StatsError("statistics over zero tokens carry no information; count a non-empty token range")
+        check_stats_output(target)
         target.parent.mkdir(parents=True, exist_ok=True)
         mx = max([int(self.freq.max(initial=0))] + [int(c.max(initial=0)) for c in self.coact])
         store = np.int32 if mx < 2**31 else np.int64
@@ -196,42 +230,87 @@ class CoactStats:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> "CoactStats":
-        """Read statistics written by :meth:`save`; raise :class:`StatsError` if missing, malformed or corrupt."""
+        """Read statistics written by :meth:`save`; raise :class:`StatsError` if missing, malformed or corrupt.
 
+        If a concurrent :meth:`save` swaps the folder while it is being read (the files then come from two
+        versions and the digest fails), the read is repeated, so a reader always gets one complete version.
+        """
         root = Path(path)
+        for attempt in range(5):
+            before = _dir_id(root)
+            try:
+                return cls._load_once(root)
+            except StatsError:
+                if attempt == 4 or before is None or _dir_id(root) == before:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @classmethod
+    def _load_once(cls, root: Path) -> "CoactStats":
         if not root.is_dir():
             raise StatsError(f"no statistics directory at {root}")
         for name in (TENSORS_FILE, META_FILE):
             if not (root / name).is_file():
                 raise StatsError(f"{root}: missing {name}")
-        try:
-            header = json.loads((root / META_FILE).read_text())
-        except (OSError, ValueError) as e:
-            raise StatsError(f"{root / META_FILE}: unreadable ({e})") from None
+        header = read_json_small(root / META_FILE, StatsError, "statistics header")
         if not isinstance(header, dict) or header.get("format") != FORMAT_NAME:
             raise StatsError(f"{root}: not a {FORMAT_NAME} directory")
-        if header.get("version") != FORMAT_VERSION:
+        if header.get("version") not in READ_VERSIONS:
             raise StatsError(f"{root}: unsupported {FORMAT_NAME} version {header.get('version')!r}")
         try:
             L, N, T = int(header["n_layers"]), int(header["n_neurons"]), int(header["n_tokens"])
             digest = str(header["digest"])
+            meta = header.get("meta") or {}
+            if not isinstance(meta, dict):
+                raise TypeError("'meta' is not an object")
         except (KeyError, TypeError, ValueError) as e:
             raise StatsError(f"{root / META_FILE}: malformed header ({e})") from None
+        if not (1 <= L <= MAX_LAYERS and 1 <= N <= MAX_NEURONS and T >= 1):
+            raise StatsError(f"{root / META_FILE}: implausible header ({L} layers x {N} neurons, {T} tokens)")
+        # Shapes and sizes from the safetensors header only: a small hostile file cannot make us read gigabytes.
+        st_meta, infos = safetensors_header(root / TENSORS_FILE, lambda m: StatsError(f"{root / TENSORS_FILE}: {m}"))
+        want = {"freq": (L, N), **{f"layers.{l}.coact": (N, N) for l in range(L)}}
+        if set(infos) != set(want):
+            missing = sorted(set(want) - set(infos))[:1] or sorted(set(infos) - set(want))[:1]
+            raise StatsError(f"{root / TENSORS_FILE}: tensors do not match the header ({L} layers; {missing[0]!r})")
+        for name, info in infos.items():
+            if info.shape != want[name] or info.dtype not in ("I32", "I64"):
+                raise StatsError(f"{root}: tensor shapes do not match the header ({L} layers x {N} neurons)")
+        if st_meta.get("digest", digest) != digest:
+            raise StatsError(f"{root}: the digests of {META_FILE} and {TENSORS_FILE} differ (file corrupt or modified)")
         try:
             tensors = load_file(str(root / TENSORS_FILE))
         except Exception as e:  # safetensors raises its own error types on truncation/garbage
-            raise StatsError(f"{root / TENSORS_FILE}: unreadable ({e})") from None
-        try:
-            freq = tensors["freq"]
-            coact = [tensors[f"layers.{l}.coact"] for l in range(L)]
-        except KeyError as e:
-            raise StatsError(f"{root / TENSORS_FILE}: missing tensor {e}") from None
-        if freq.shape != (L, N) or any(c.shape != (N, N) for c in coact):
-            raise StatsError(f"{root}: tensor shapes do not match the header ({L} layers x {N} neurons)")
-        stats = cls(freq=freq, coact=coact, n_tokens=T, meta=header.get("meta") or {})
-        if stats.digest != digest:
+            raise StatsError(f"{root / TENSORS_FILE}: unreadable ({' '.join(str(e).split())})") from None
+        stats = cls(freq=tensors["freq"], coact=[tensors[f"layers.{l}.coact"] for l in range(L)], n_tokens=T,
+                    meta=meta)
+        got = stats.digest if header["version"] == FORMAT_VERSION else stats._digest_v1()
+        if got != digest:
             raise StatsError(f"{root}: content digest mismatch (file corrupt or modified)")
         return stats
+
+
+def is_stats_dir(path: str | os.PathLike[str]) -> bool:
+    """True if ``path`` is a folder whose ``meta.json`` says ``coact-stats`` (what ``stats --out`` may replace)."""
+    try:
+        header = read_json_small(Path(path) / META_FILE, StatsError, "statistics header")
+    except (StatsError, OSError):
+        return False
+    return isinstance(header, dict) and header.get("format") == FORMAT_NAME
+
+
+def check_stats_output(path: str | os.PathLike[str], inputs: tuple[str | os.PathLike[str], ...] = ()) -> Path:
+    """Refuse (:class:`common.errors.OutputExistsError`) an output folder that is not missing, empty or a statistics
+    folder, or that is (or contains) one of ``inputs`` (e.g. the trace being counted)."""
+    return check_output(path, kind="statistics folder", is_kind=is_stats_dir, folder=True, inputs=inputs)
+
+
+def _dir_id(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _parts(meta: dict[str, Any]) -> list[dict[str, Any]]:
@@ -344,6 +423,8 @@ def compute_stats(
         if n_neurons is not None and int(n_neurons) != N:
             raise StatsError(f"n_neurons={n_neurons} but the trace has {N}")
         base_meta = dict(getattr(tr, "meta", {}) or {})
+        for k in ("files", "meta_digest"):  # integrity data of the trace's files, not provenance of the counts
+            base_meta.pop(k, None)
 
     stop = T if stop is None else int(stop)
     start = int(start)

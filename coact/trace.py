@@ -8,13 +8,31 @@ thresholds, corpus spec and digest, token range and window size, achieved sparsi
 Why `datasets`: memory-mapped arrow files, `save_to_disk`/`load_from_disk`, and users can open a trace with the
 library they already know. Why shards: capture is the slow step; it is written in shards of whole windows under
 `OUT.partial/`, so an interrupted capture resumes where it stopped (same command again) and the final folder
-appears only when complete (written beside, then renamed).
+appears only when complete (written inside `OUT.partial/`, then renamed).
+
+Resuming (version 2): `OUT.partial/run.json` (written atomically, after calibration) records the full capture
+config, the calibrated thresholds and a run id; every finished shard has a `done` marker naming that run id and
+its row count. A capture resumes only when run.json is complete and its config equals the new one; a different
+config is refused (delete `OUT.partial` to start over); a missing or unreadable run.json means nothing in the
+folder can be trusted, so its contents are deleted and the capture starts clean. Two captures into the same
+`--out` at once are refused: each holds `fcntl.flock` on `OUT.partial/lock` for its whole run.
+
+Integrity (version 2 metadata): `content_digest` (sha256 of the decoded columns: active sets, token ids,
+positions; equal for equal data), `files` (sha256 of every file of the folder except the metadata) and
+`meta_digest` (sha256 of the metadata itself). :meth:`Trace.load` checks the metadata (types, plausible sizes,
+`meta_digest`), that `state.json` names only files inside the folder, and the shapes of the arrow data against
+the metadata, cheaply; :func:`verify_trace` recomputes every digest, so one flipped byte anywhere is detected.
+Version 1 traces (no digests) still load.
 """
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
+import os
 import shutil
 import time
+import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,15 +42,26 @@ import datasets
 import numpy as np
 import torch
 
-from common.atomic import atomic_path
+from common.atomic import atomic_path, fsync_path
 from common.bits import n_packed_bytes, pack_bits, unpack_bits
+from common.fileio import read_json_small
 from coact.corpus import token_windows
 from coact.errors import TraceError
 from coact.progress import make_progress
 from coact.sparsify import get_sparsifier
 
 META_FILE = "coact_trace.json"
-FORMAT = {"format": "coact-trace", "version": 1}
+FORMAT = {"format": "coact-trace", "version": 2}
+READ_VERSIONS = (1, 2)
+RUN_FILE = "run.json"
+RUN_FORMAT = "coact-capture-run"
+LOCK_FILE = "lock"
+#: Plausibility bounds of trace metadata (checked before anything is allocated from it).
+MAX_LAYERS = 1 << 14
+MAX_NEURONS = 1 << 24
+MAX_TOKENS = 1 << 40
+_REQUIRED = {"model_id": str, "n_layers": int, "n_neurons": int, "n_tokens": int, "sparsifier": dict}
+_DIGEST_CHUNK = 4096
 
 
 def _features(n_layers: int, nb: int) -> Any:
@@ -107,24 +136,105 @@ def capture_trace(
     datasets.disable_progress_bars()
 
     out = Path(out)
+    check_trace_output(out)
+    for name in ("n_tokens", "ctx", "shard_tokens"):
+        if int(getattr(config, name)) < 1:
+            raise TraceError(f"{name} must be >= 1, got {getattr(config, name)}")
+    sp = get_sparsifier(config.method, sparsity=config.sparsity, thresholds=thresholds)
+    if sp.needs_calibration and int(config.calib_tokens) < 1:
+        raise TraceError(f"--calib-tokens must be >= 1 for {config.method} (its thresholds are calibrated on them), "
+                         f"got {config.calib_tokens}")
+    windows = token_windows(stream, config.token_start, config.n_tokens, config.ctx)  # checks the range fits
+    partial = Path(str(out) + ".partial")
+    if partial.is_symlink() or (partial.exists() and not partial.is_dir()):
+        raise TraceError(f"{partial} exists and is not a capture folder; remove it")
+    with _capture_lock(partial, out):
+        return _capture_locked(handle, stream, config, out, partial, sp, windows, progress)
+
+
+def check_trace_output(out: Path) -> None:
+    """A trace is never written over anything: refuse an existing path or a (dangling) symbolic link."""
+    if out.is_symlink():
+        raise TraceError(f"{out} is a {'dangling ' if not out.exists() else ''}symbolic link; give the real "
+                         "output path")
     if out.exists():
         raise TraceError(f"{out} exists; remove it or choose another --out")
-    windows = token_windows(stream, config.token_start, config.n_tokens, config.ctx)
-    partial = Path(str(out) + ".partial")
-    run_file = partial / "run.json"
-    sp = get_sparsifier(config.method, sparsity=config.sparsity, thresholds=thresholds)
-    if run_file.exists():
-        saved = json.loads(run_file.read_text())
-        if saved["config"] != config.to_dict():
-            raise TraceError(f"{partial} holds an interrupted capture with other settings; delete it to start over")
-        sp = get_sparsifier(config.method, sparsity=config.sparsity, thresholds=saved["sparsifier"].get("thresholds"))
+
+
+@contextmanager
+def _capture_lock(partial: Path, out: Path) -> Iterator[None]:
+    """Hold ``fcntl.flock`` on ``partial/lock`` (created if needed); refuse if another capture holds it."""
+    partial.mkdir(parents=True, exist_ok=True)
+    lock = partial / LOCK_FILE
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise TraceError(f"another capture is writing {out} right now (lock {lock} is held); wait for it or "
+                             "choose another --out") from None
+        try:
+            same = os.stat(lock).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if not same:  # the other capture finished and removed the folder between our open and our lock
+            raise TraceError(f"another capture just finished writing {out}; choose another --out")
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        os.close(fd)
+
+
+def _read_run(partial: Path) -> dict[str, Any] | None:
+    """The run record of an interrupted capture if it is complete and ours, else None."""
+    try:
+        run = read_json_small(partial / RUN_FILE, TraceError, "capture record")
+    except TraceError:
+        return None
+    ok = (isinstance(run, dict) and run.get("format") == RUN_FORMAT and isinstance(run.get("config"), dict)
+          and isinstance(run.get("sparsifier"), dict) and isinstance(run.get("run_id"), str))
+    return run if ok else None
+
+
+def _clear_partial(partial: Path) -> None:
+    """Remove everything but the lock: leftovers without a valid run record cannot be trusted."""
+    for entry in partial.iterdir():
+        if entry.name == LOCK_FILE:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+def _shard_done(sdir: Path, run_id: str, rows: int) -> bool:
+    try:
+        done = json.loads((sdir / "done").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(done, dict) and done.get("run_id") == run_id and done.get("rows") == rows
+
+
+def _capture_locked(handle: Any, stream: np.ndarray, config: CaptureConfig, out: Path, partial: Path, sp: Any,
+                    windows: list[np.ndarray], progress: bool) -> "Trace":
+    check_trace_output(out)  # again, under the lock
+    run_file = partial / RUN_FILE
+    run = _read_run(partial)
+    if run is not None and run["config"] != config.to_dict():
+        raise TraceError(f"{partial} holds an interrupted capture with other settings; delete it to start over")
+    if run is not None:
+        sp = get_sparsifier(config.method, sparsity=config.sparsity, thresholds=run["sparsifier"].get("thresholds"))
     else:
-        partial.mkdir(parents=True, exist_ok=True)
+        _clear_partial(partial)
         if sp.needs_calibration:
             calib = token_windows(stream, config.token_start, min(config.calib_tokens, config.n_tokens), config.ctx)
             sp.calibrate(forward_activations(handle, calib))
+        run = {"format": RUN_FORMAT, "version": 1, "run_id": uuid.uuid4().hex, "config": config.to_dict(),
+               "sparsifier": sp.params(), "n_layers": handle.n_layers, "n_neurons": handle.n_neurons}
         with atomic_path(run_file) as tmp_run:
-            tmp_run.write_text(json.dumps({"config": config.to_dict(), "sparsifier": sp.params()}))
+            tmp_run.write_text(json.dumps(run))
+    run_id = run["run_id"]
 
     # Shards are groups of whole windows, so the shard boundaries depend only on the config.
     per_shard = max(1, config.shard_tokens // config.ctx)
@@ -137,7 +247,7 @@ def capture_trace(
         for k, shard in enumerate(shards):
             n_shard = sum(len(w) for w in shard)
             sdir = partial / f"shard_{k:05d}"
-            if not (sdir / "done").exists():
+            if not _shard_done(sdir, run_id, n_shard):
                 acts = forward_activations(handle, shard)
                 masks = np.stack([sp.mask(layer, a).numpy() for layer, a in enumerate(acts)], axis=1)  # [T, L, N]
                 ds = datasets.Dataset.from_dict(
@@ -151,17 +261,22 @@ def capture_trace(
                 if sdir.exists():
                     shutil.rmtree(sdir)
                 ds.save_to_disk(str(sdir))
-                (sdir / "done").write_text("ok")
+                for f in sdir.iterdir():
+                    fsync_path(f)
+                with atomic_path(sdir / "done") as tmp_done:
+                    tmp_done.write_text(json.dumps({"run_id": run_id, "rows": n_shard}))
             pos0 += n_shard
             prog.advance(task, n_shard)
 
     parts = [datasets.load_from_disk(str(partial / f"shard_{k:05d}")) for k in range(len(shards))]
     full = datasets.concatenate_datasets(parts)
-    # Achieved sparsity per layer, from the stored bits (one pass, chunked).
+    if len(full) != config.n_tokens:
+        raise TraceError(f"{partial}: shards hold {len(full)} tokens, expected {config.n_tokens}; delete it")
+    # Achieved sparsity per layer and the content digest, from the stored bits (one pass, chunked).
     staged = Trace(partial, {"n_tokens": len(full), "n_layers": handle.n_layers, "n_neurons": handle.n_neurons}, full)
     active_counts = np.zeros(handle.n_layers, dtype=np.int64)
-    for i in range(0, len(full), 4096):
-        chunk = staged.packed(i, min(i + 4096, len(full)))
+    for i in range(0, len(full), _DIGEST_CHUNK):
+        chunk = staged.packed(i, min(i + _DIGEST_CHUNK, len(full)))
         active_counts += unpack_bits(chunk, handle.n_neurons).sum(axis=(0, 2))
     inactive = 1.0 - active_counts / (len(full) * handle.n_neurons)
     meta = {
@@ -173,15 +288,141 @@ def capture_trace(
         "sparsifier": sp.params(),
         "achieved_sparsity": [round(float(x), 6) for x in inactive],
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "content_digest": content_digest(staged),
     }
-    tmp = Path(str(out) + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    full.save_to_disk(str(tmp))
-    (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
-    tmp.rename(out)
+    final = partial / "final"
+    if final.exists():
+        shutil.rmtree(final)
+    full.save_to_disk(str(final))
+    meta["files"] = file_digests(final)
+    meta["meta_digest"] = meta_digest(meta)
+    (final / META_FILE).write_text(json.dumps(meta, indent=1))
+    for f in final.iterdir():
+        fsync_path(f)
+    fsync_path(final)
+    check_trace_output(out)
+    os.rename(final, out)
+    fsync_path(out.parent)
     shutil.rmtree(partial)
     return Trace.load(out)
+
+
+# -------------------------------------------------------------------------------------------------- integrity
+def content_digest(trace: "Trace") -> str:
+    """sha256 of a trace's decoded columns (shape, active bits, token ids, positions), chunk by chunk."""
+    h = hashlib.sha256()
+    nb = n_packed_bytes(trace.n_neurons)
+    h.update(f"coact-trace-content/1;{trace.n_tokens};{trace.n_layers};{nb};".encode())
+    table = trace._ds.data
+    for i in range(0, trace.n_tokens, _DIGEST_CHUNK):
+        j = min(i + _DIGEST_CHUNK, trace.n_tokens)
+        h.update(np.ascontiguousarray(trace.packed(i, j)).tobytes())
+        part = table.slice(i, j - i)
+        h.update(np.ascontiguousarray(part.column("token_id").to_numpy(), dtype="<i4").tobytes())
+        h.update(np.ascontiguousarray(part.column("pos").to_numpy(), dtype="<i8").tobytes())
+    return h.hexdigest()
+
+
+def file_digests(folder: Path) -> dict[str, str]:
+    """sha256 of every file in a trace folder except the metadata file, by name."""
+    out = {}
+    for f in sorted(Path(folder).iterdir()):
+        if f.name == META_FILE:
+            continue
+        h = hashlib.sha256()
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        out[f.name] = h.hexdigest()
+    return out
+
+
+def meta_digest(meta: dict[str, Any]) -> str:
+    """sha256 of the metadata without its own ``meta_digest`` entry (canonical JSON)."""
+    body = {k: v for k, v in meta.items() if k != "meta_digest"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def verify_trace(path: str | Path) -> dict[str, Any]:
+    """Check a trace completely: everything :meth:`Trace.load` checks, then (version 2) the sha256 of every file
+    and the content digest of the decoded data. Returns a summary; raises :class:`TraceError` (one line)."""
+    tr = Trace.load(path)
+    summary = {"version": tr.meta["version"], "model_id": tr.model_id, "n_tokens": tr.n_tokens,
+               "n_layers": tr.n_layers, "n_neurons": tr.n_neurons}
+    if tr.meta["version"] < 2:
+        summary["content_digest"] = None
+        summary["note"] = "version 1 trace: no digests recorded; structure checked only"
+        return summary
+    want = tr.meta["files"]
+    got = file_digests(tr.path)
+    if set(got) != set(want):
+        extra = sorted(set(got) ^ set(want))
+        raise TraceError(f"{tr.path}: files differ from the recorded list ({', '.join(extra[:3])})")
+    for name, digest in want.items():
+        if got[name] != digest:
+            raise TraceError(f"{tr.path}: {name} does not match its recorded sha256 (file corrupt or modified)")
+    if content_digest(tr) != tr.meta["content_digest"]:
+        raise TraceError(f"{tr.path}: content digest mismatch (data corrupt or modified)")
+    summary["content_digest"] = tr.meta["content_digest"]
+    return summary
+
+
+def _check_meta(p: Path, meta: Any) -> dict[str, Any]:
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT["format"]:
+        fmt = meta.get("format") if isinstance(meta, dict) else None
+        raise TraceError(f"{p}: unknown trace format {fmt!r}")
+    if meta.get("version") not in READ_VERSIONS:
+        raise TraceError(f"{p}: unsupported trace version {meta.get('version')!r} (this coact reads "
+                         f"{', '.join(map(str, READ_VERSIONS))})")
+    for key, typ in _REQUIRED.items():
+        v = meta.get(key)
+        if not isinstance(v, typ) or isinstance(v, bool):
+            raise TraceError(f"{p}: trace metadata {key!r} missing or not {typ.__name__}")
+    bounds = {"n_layers": MAX_LAYERS, "n_neurons": MAX_NEURONS, "n_tokens": MAX_TOKENS}
+    for key, top in bounds.items():
+        if not 1 <= meta[key] <= top:
+            raise TraceError(f"{p}: implausible trace metadata {key}={meta[key]}")
+    if meta["version"] >= 2:
+        if not isinstance(meta.get("content_digest"), str) or not isinstance(meta.get("files"), dict):
+            raise TraceError(f"{p}: version 2 trace metadata without content_digest/files")
+        if meta.get("meta_digest") != meta_digest(meta):
+            raise TraceError(f"{p}: metadata does not match its meta_digest (file corrupt or modified)")
+    return meta
+
+
+def _check_state(p: Path) -> None:
+    """``state.json`` may only name plain files inside the trace folder (datasets opens what it names)."""
+    sf = p / "state.json"
+    if not sf.exists() and not sf.is_symlink():
+        return
+    state = read_json_small(sf, TraceError, "dataset state")
+    files = state.get("_data_files") if isinstance(state, dict) else None
+    if not isinstance(files, list) or not files:
+        raise TraceError(f"{p}: state.json lists no data files")
+    root = p.resolve()
+    for entry in files:
+        name = entry.get("filename") if isinstance(entry, dict) else None
+        if not isinstance(name, str) or not name or "/" in name or "\\" in name or name in (".", ".."):
+            raise TraceError(f"{p}: state.json names {name!r}, which is not a file inside the trace folder")
+        target = p / name
+        if target.is_symlink() or target.resolve().parent != root or not target.is_file():
+            raise TraceError(f"{p}: state.json names {name!r}, which is not a regular file inside the trace folder")
+
+
+def _check_data(p: Path, meta: dict[str, Any], ds: Any) -> None:
+    """The arrow data must have the shape the metadata says (checked from the schema, before any read)."""
+    names = set(ds.column_names)
+    if not {"active", "token_id", "pos"} <= names:
+        raise TraceError(f"{p}: trace data lacks columns (has {sorted(names)})")
+    want = (meta["n_layers"], n_packed_bytes(meta["n_neurons"]))
+    typ = ds.data.schema.field("active").type
+    shape = tuple(getattr(typ, "shape", ()) or ())
+    dtype = str(getattr(typ, "value_type", ""))
+    if shape != want or dtype != "uint8":
+        raise TraceError(f"{p}: metadata says {want[0]} layers x {meta['n_neurons']} neurons ({want[1]} bytes per "
+                         f"set) but the data holds {dtype} sets of shape {shape}")
+    if len(ds) != meta["n_tokens"]:
+        raise TraceError(f"{p}: {len(ds)} rows but metadata says {meta['n_tokens']} tokens")
 
 
 class Trace:
@@ -194,19 +435,23 @@ class Trace:
 
     @classmethod
     def load(cls, path: str | Path) -> "Trace":
+        """Open a trace; checks (cheap, nothing is read from the data): the metadata (format, version, types,
+        plausible sizes, its own digest), that state.json names only files inside the folder, and that the arrow
+        schema and row count match the metadata. :func:`verify_trace` also checks every byte."""
         p = Path(path)
         mf = p / META_FILE
-        if not mf.is_file():
+        if not p.is_dir() or not (mf.exists() or mf.is_symlink()):
             raise TraceError(f"{p} is not a coact trace (no {META_FILE})")
-        meta = json.loads(mf.read_text())
-        if meta.get("format") != FORMAT["format"]:
-            raise TraceError(f"{p}: unknown trace format {meta.get('format')!r}")
+        meta = _check_meta(p, read_json_small(mf, TraceError, "trace metadata"))
+        _check_state(p)
+        datasets.disable_progress_bars()
         try:
             ds = datasets.load_from_disk(str(p))
         except Exception as exc:
-            raise TraceError(f"{p}: cannot open the trace dataset: {exc}") from exc
-        if len(ds) != meta["n_tokens"]:
-            raise TraceError(f"{p}: {len(ds)} rows but metadata says {meta['n_tokens']} tokens")
+            raise TraceError(f"{p}: cannot open the trace dataset: {' '.join(str(exc).split())}") from None
+        if not isinstance(ds, datasets.Dataset):
+            raise TraceError(f"{p}: not a single-split dataset")
+        _check_data(p, meta, ds)
         return cls(p, meta, ds)
 
     @property

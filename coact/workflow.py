@@ -12,18 +12,19 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from coact.accuracy import perplexity
+from coact.accuracy import OperatingPoint, allocated_operating_point, perplexity, uniform_operating_point
 from coact.corpus import load_text, text_digest, token_windows, tokenize
 from coact.errors import CoactError, TraceError
 from coact.models import ModelHandle, load_model
 from coact.placement import layout_objective, solve_model
 from coact.progress import bars
 from coact.sparsify import get_sparsifier
-from coact.stats import CoactStats, compute_stats
-from coact.trace import CaptureConfig, Trace, capture_trace, forward_activations
+from coact.stats import CoactStats, StatsError, check_stats_output, compute_stats
+from coact.trace import CaptureConfig, Trace, capture_trace, check_trace_output, forward_activations
+from common.atomic import check_output
 from runtime.caches import CACHES, get_cache
 from runtime.layout import Layout, export_layout, load_layout, save_layout
-from runtime.pack import BUNDLES, DTYPES, PackError, PackFile, write_pack
+from runtime.pack import BUNDLES, DTYPES, PackError, PackFile, is_pack_file, write_pack
 from runtime.replay import replay, simulate
 from runtime.report import Report
 from solvers import get_solver
@@ -58,19 +59,29 @@ def capture(
     calib_tokens: int = 1024,
     shard_tokens: int = 2048,
     thresholds_from: str | Path | None = None,
+    thresholds: Sequence[float] | None = None,
     progress: bool = True,
 ) -> Trace:
     """Capture a trace of `tokens` tokens of `corpus` from `start` (see :mod:`coact.trace`).
 
     `model` is a spec (`smollm2`, a local path) or an already loaded :class:`coact.models.ModelHandle`.
     `thresholds_from` reuses the CATS thresholds of another trace of the same model (so a held-out trace is
-    sparsified exactly like the profiling trace).
+    sparsified exactly like the profiling trace); `thresholds` gives per-layer CATS thresholds directly (e.g. those
+    of an :class:`coact.accuracy.OperatingPoint`).
     """
-    get_sparsifier(method, sparsity=sparsity)  # validate cheap inputs before the slow model load
+    # Validate cheap inputs before the slow model load (and before any folder is created).
+    sp = get_sparsifier(method, sparsity=sparsity)
+    check_trace_output(Path(out))
+    for name, value in (("--tokens", tokens), ("--ctx", ctx), ("shard_tokens", shard_tokens)):
+        if int(value) < 1:
+            raise TraceError(f"{name} must be >= 1, got {value}")
+    if sp.needs_calibration and thresholds_from is None and thresholds is None and int(calib_tokens) < 1:
+        raise TraceError(f"--calib-tokens must be >= 1 for {method} (its thresholds are calibrated on them), "
+                         f"got {calib_tokens}")
     text = load_text(corpus)
     handle = _model(model)
     stream = tokenize(text, handle.tokenizer)
-    thresholds = None
+    thresholds = list(thresholds) if thresholds is not None else None
     if thresholds_from is not None:
         ref = Trace.load(thresholds_from)
         if ref.model_id != handle.model_id:
@@ -95,7 +106,15 @@ def capture(
 def count(trace: str | Path | Trace, out: str | Path | None = None, *, start: int = 0, stop: int | None = None,
           progress: bool = True) -> CoactStats:
     """Co-activation statistics of tokens [start, stop) of a trace, saved to ``out`` when given."""
+    if out is not None:  # before counting: never replace an unrelated folder or the trace itself
+        check_stats_output(out, inputs=() if isinstance(trace, Trace) else (trace,))
     tr = trace if isinstance(trace, Trace) else Trace.load(require(trace, "trace"))
+    if out is not None and isinstance(trace, Trace):
+        check_stats_output(out, inputs=(tr.path,))
+    n = (tr.n_tokens if stop is None else int(stop)) - int(start)
+    if n < 1:
+        raise StatsError(f"token range [{start}, {stop if stop is not None else tr.n_tokens}) holds no tokens; "
+                         "statistics over zero tokens carry no information")
     st = compute_stats(tr, start=start, stop=stop, progress=progress)
     if out is not None:
         st.save(out)
@@ -180,6 +199,7 @@ def pack(model: str | ModelHandle, layout: Layout, out: str | Path, *, bundle: s
          progress: bool = True) -> Path:
     """Write the model's FFN bundles in `layout` order into a pack file."""
     bundle_bytes(bundle, dtype, 1)  # validate names before loading the model
+    check_output(out, kind="pack file", is_kind=is_pack_file)  # only an existing pack may be replaced
     handle = _model(model)
     check_compatible(layout, handle, "model")
     write_pack(out, handle.ffn_weights, layout, bundle=bundle, dtype=dtype, d_model=handle.d_model,
@@ -206,10 +226,11 @@ def ensure_pack(model: str | ModelHandle, layout: Layout, path: str | Path, *, l
 
 def replay_pack(pack_file: str | Path, trace: str | Path | Trace, *, start: int = 0, stop: int | None = None,
                 collapse: int | str = 0, engine: str = "sync", cache_mb: float = 0.0, policy: str = "none",
-                progress: bool = True) -> Report:
+                verify: bool = False, progress: bool = True) -> Report:
     """Real O_DIRECT replay of tokens [start, stop) of a trace against a pack file (the pack embeds its layout).
 
     ``cache_mb`` is the DRAM budget in MB (10^6 bytes) shared by all layers, managed by cache ``policy``.
+    ``verify`` checks every bundle read against the pack's crc32s (outside the timed region).
     """
     CACHES.entry(policy)  # an unknown policy fails before any file is opened
     tr = trace if isinstance(trace, Trace) else Trace.load(require(trace, "trace"))
@@ -223,7 +244,7 @@ def replay_pack(pack_file: str | Path, trace: str | Path | Trace, *, start: int 
         raise CoactError(f"--cache-mb must be >= 0, got {cache_mb}")
     cache = get_cache(policy, int(cache_mb * 1e6), bb) if policy != "none" or cache_mb else None
     return replay(pack_file, layout, tr.packed(start, stop), collapse_gap=collapse, engine=engine, cache=cache,
-                  progress=bars(progress))
+                  verify=verify, progress=bars(progress))
 
 
 def export(layout: str | Path, fmt: str = "json", out: str | Path | None = None) -> Path:
@@ -234,6 +255,43 @@ def export(layout: str | Path, fmt: str = "json", out: str | Path | None = None)
 
 
 # --------------------------------------------------------------------------------------------------------- accuracy
+ALLOCATIONS = ("uniform", "sensitivity")
+
+
+def choose_operating_point(
+    model: str | ModelHandle,
+    corpus: str,
+    max_ppl_increase: float,
+    *,
+    start: int = 0,
+    calib_tokens: int = 1024,
+    validation_tokens: int = 512,
+    ctx: int = 256,
+    allocation: str = "uniform",
+    progress: bool = True,
+) -> OperatingPoint:
+    """Per-layer CATS sparsities and thresholds that keep perplexity within ``+max_ppl_increase`` of dense.
+
+    Thresholds are calibrated on corpus tokens [start, start + calib_tokens) (where ``coact trace`` calibrates) and
+    the budget is checked on the next ``validation_tokens`` tokens. ``allocation``: ``uniform`` (one sparsity for
+    every layer, by bisection) or ``sensitivity`` (per-layer sparsities allocated by measured layer sensitivity;
+    slower: one perplexity run per layer and level). Never uses tokens a held-out evaluation should use: take
+    held-out text after ``start + calib_tokens + validation_tokens``.
+    """
+    if not 0.0 < float(max_ppl_increase) < 10.0:
+        raise CoactError(f"--max-ppl-increase must be in (0, 10), got {max_ppl_increase}")
+    if allocation not in ALLOCATIONS:
+        raise CoactError(f"unknown allocation {allocation!r}; choose from {', '.join(ALLOCATIONS)}")
+    handle = _model(model)
+    stream = tokenize(load_text(corpus), handle.tokenizer)
+    acts = forward_activations(handle, token_windows(stream, int(start), int(calib_tokens), int(ctx)))
+    val = dict(start=int(start) + int(calib_tokens), tokens=int(validation_tokens), ctx=int(ctx))
+    if allocation == "uniform":
+        return uniform_operating_point(handle, stream, acts, float(max_ppl_increase), progress=bars(progress), **val)
+    op, _ = allocated_operating_point(handle, stream, acts, float(max_ppl_increase), progress=bars(progress), **val)
+    return op
+
+
 def measure_perplexity(
     model: str | ModelHandle = "smollm2",
     corpus: str = "pydoc",
@@ -245,13 +303,15 @@ def measure_perplexity(
     sparsity: float = 0.9,
     calib_tokens: int = 1024,
     thresholds_from: str | Path | None = None,
+    thresholds: Sequence[float] | None = None,
     dense: bool = True,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Dense and sparse teacher-forced perplexity on tokens [start, start + tokens) of ``corpus``
     (:mod:`coact.accuracy`), and the perplexity cost ``sparse / dense - 1``.
 
-    Thresholds come from ``thresholds_from`` (a trace of the same model) or are calibrated on corpus tokens
+    Thresholds are given (``thresholds``), come from ``thresholds_from`` (a trace of the same model) or are
+    calibrated on corpus tokens
     [0, calib_tokens), exactly as ``coact trace`` calibrates; ``start`` defaults to ``calib_tokens`` so that the
     evaluated tokens never include the calibration tokens (an overlapping range is refused).
     """
@@ -259,8 +319,9 @@ def measure_perplexity(
     text = load_text(corpus)
     handle = _model(model)
     stream = tokenize(text, handle.tokenizer)
-    thresholds = None
-    if sp is not None and thresholds_from is not None:
+    if sp is not None and thresholds is not None:
+        sp = get_sparsifier(method, sparsity=sparsity, thresholds=list(thresholds))  # type: ignore[arg-type]
+    elif sp is not None and thresholds_from is not None:
         ref = Trace.load(require(thresholds_from, "trace"))
         if ref.model_id != handle.model_id:
             raise TraceError(f"{thresholds_from} was captured from {ref.model_id!r}, not {handle.model_id!r}")
@@ -284,3 +345,20 @@ def measure_perplexity(
     if dense and sp is not None:
         out["ppl_cost"] = out["sparse"]["ppl"] / out["dense"]["ppl"] - 1.0
     return out
+
+
+def capture_at_budget(model: str | ModelHandle, corpus: str, out: str | Path, *, max_ppl_increase: float,
+                      allocation: str = "uniform", tokens: int, start: int = 0, ctx: int = 256,
+                      calib_tokens: int = 1024, validation_tokens: int = 512, shard_tokens: int = 2048,
+                      progress: bool = True) -> tuple[Trace, OperatingPoint]:
+    """`coact trace --max-ppl-increase B`: choose the CATS operating point within the budget
+    (:func:`choose_operating_point`, calibrated where the trace starts) and capture with its per-layer thresholds.
+    """
+    handle = _model(model)
+    op = choose_operating_point(handle, corpus, max_ppl_increase, start=start, calib_tokens=calib_tokens,
+                                validation_tokens=validation_tokens, ctx=ctx, allocation=allocation,
+                                progress=progress)
+    tr = capture(handle, corpus, out, tokens=tokens, start=start, ctx=ctx, method="cats",
+                 sparsity=min(max(op.mean_sparsity, 0.01), 0.99), calib_tokens=calib_tokens,
+                 shard_tokens=shard_tokens, thresholds=op.thresholds, progress=progress)
+    return tr, op

@@ -20,3 +20,12 @@ class RegistryError(UserError, KeyError):
 
 class PermutationError(UserError, ValueError):
     """An array that should be a permutation of range(n) is not."""
+
+
+class OutputExistsError(UserError, FileExistsError):
+    """An output path holds something a writer may not replace: an unrelated file or folder, an input of the same
+    run, a symbolic link (dangling or not). Only an artefact of the same kind (recognised by its metadata) is
+    replaced; see :func:`common.atomic.check_output`."""
+
+    def __str__(self) -> str:  # OSError would format (errno, strerror)
+        return str(self.args[0]) if self.args else ""

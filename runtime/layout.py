@@ -28,13 +28,39 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from common.atomic import atomic_path
+from common.atomic import atomic_path, check_output
+from common.fileio import require_regular, safetensors_header
 from common.perm import check_permutation
 from runtime.errors import LayoutError
 
 FORMAT_NAME = "coact-layout"
 FORMAT_VERSION = "1"
 EXPORT_FORMATS = ("json", "csv", "npz")
+#: Sanity bounds checked before any perm is read (a hostile header cannot make a loader allocate gigabytes).
+MAX_LAYERS = 1 << 14
+MAX_NEURONS = 1 << 26
+_CSV_HEAD = b"layer,position,neuron"
+
+
+def is_layout_file(path: str | os.PathLike[str]) -> bool:
+    """True if ``path`` is a regular file holding a coact layout or layout export (any format), judged from its
+    first bytes / header only: what ``save_layout`` and ``export_layout`` may replace."""
+    try:
+        require_regular(path, LayoutError)
+        with open(path, "rb") as f:
+            head = f.read(4096)
+        if head.startswith(_CSV_HEAD):
+            return True
+        if head.startswith(b"PK"):
+            with zipfile.ZipFile(path) as z:
+                names = set(z.namelist())
+            return "meta.npy" in names and all(n == "meta.npy" or n.startswith("perm_") for n in names)
+        if head.lstrip()[:1] == b"{":
+            return b'"format": "coact-layout"' in head
+        meta, _ = safetensors_header(path, LayoutError)
+        return meta.get("format") == FORMAT_NAME
+    except (LayoutError, OSError, zipfile.BadZipFile, ValueError):
+        return False
 
 
 def _now_iso() -> str:
@@ -200,6 +226,7 @@ def save_layout(layout: Layout, path: str | os.PathLike[str]) -> Path:
     for i, p in enumerate(layout.perms):
         if p.size > np.iinfo(np.int32).max:
             raise LayoutError(f"layer {i}: {p.size} neurons do not fit the int32 perm tensor")
+    check_output(path, kind="layout", is_kind=is_layout_file)
     tensors = {f"layers.{i}.perm": np.ascontiguousarray(p, dtype=np.int32) for i, p in enumerate(layout.perms)}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=layout.metadata())
@@ -217,6 +244,7 @@ def export_layout(layout: Layout, path: str | os.PathLike[str], fmt: str | None 
         return save_layout(layout, path)
     if fmt not in EXPORT_FORMATS:
         raise LayoutError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
+    check_output(path, kind="layout export", is_kind=is_layout_file)
     meta = layout.metadata()
     with atomic_path(path) as tmp:
         if fmt == "json":
@@ -256,8 +284,11 @@ def load_layout(
     """
     p = Path(path)
     try:
+        require_regular(p, LayoutError, "layout file")  # a FIFO would block the open below forever
         with open(p, "rb") as f:
             head = f.read(8)
+    except LayoutError as e:
+        raise LayoutError(_one_line(e)) from None
     except OSError as e:
         raise LayoutError(f"{p}: cannot read layout file ({_one_line(e.strerror or e)})") from None
     try:
@@ -274,18 +305,38 @@ def load_layout(
         raise LayoutError(f"{p}: {_one_line(e)}") from None
 
 
+def _declared_sizes(meta: dict[str, Any]) -> list[int]:
+    """The per-layer N the metadata declares, sanity-bounded (checked before any perm is read)."""
+    try:
+        n_layers = int(meta["n_layers"])
+        sizes = meta["n_neurons"]
+        sizes = json.loads(sizes) if isinstance(sizes, str) else sizes
+        sizes = [int(n) for n in sizes]
+    except (KeyError, ValueError, TypeError) as e:
+        raise LayoutError(f"bad layout metadata ({_one_line(e)})") from None
+    if not 0 <= n_layers <= MAX_LAYERS or len(sizes) != n_layers or any(not 0 <= n <= MAX_NEURONS for n in sizes):
+        raise LayoutError(f"implausible layout metadata ({n_layers} layers, sizes {sizes[:4]}...)")
+    return sizes
+
+
 def _read_safetensors(path: Path) -> tuple[dict[str, Any], dict[int, np.ndarray]]:
+    meta, infos = safetensors_header(path, LayoutError)  # header only: shapes checked before any tensor is read
+    if meta.get("format") != FORMAT_NAME:  # say "foreign file" before complaining about its tensors
+        raise LayoutError(f"not a coact layout (format {meta.get('format')!r}, expected {FORMAT_NAME!r})")
+    sizes = _declared_sizes(meta)
+    for key, info in infos.items():
+        parts = key.split(".")
+        if len(parts) != 3 or parts[0] != "layers" or parts[2] != "perm" or not parts[1].isdigit():
+            raise LayoutError(f"unexpected tensor {key!r} in a layout file")
+        layer = int(parts[1])
+        if layer >= len(sizes) or info.shape != (sizes[layer],) or info.dtype not in ("I32", "I64"):
+            want = f"({sizes[layer]},)" if layer < len(sizes) else "no tensor"
+            raise LayoutError(f"tensor {key!r} is {info.dtype} {info.shape}, the metadata says {want}")
     try:
         with safe_open(str(path), framework="np") as f:
-            meta = dict(f.metadata() or {})
-            if meta.get("format") != FORMAT_NAME:  # say "foreign file" before complaining about its tensors
-                raise LayoutError(f"not a coact layout (format {meta.get('format')!r}, expected {FORMAT_NAME!r})")
             perms = {}
             for key in f.keys():
-                parts = key.split(".")
-                if len(parts) != 3 or parts[0] != "layers" or parts[2] != "perm" or not parts[1].isdigit():
-                    raise LayoutError(f"unexpected tensor {key!r} in a layout file")
-                perms[int(parts[1])] = f.get_tensor(key)
+                perms[int(key.split(".")[1])] = f.get_tensor(key)
     except LayoutError:
         raise
     except Exception as e:  # safetensors raises its own error types for foreign/corrupt files
@@ -294,6 +345,9 @@ def _read_safetensors(path: Path) -> tuple[dict[str, Any], dict[int, np.ndarray]
 
 
 def _read_json(path: Path) -> tuple[dict[str, Any], dict[int, np.ndarray]]:
+    size = path.stat().st_size
+    if size > 64 * (MAX_LAYERS + MAX_NEURONS):
+        raise LayoutError(f"JSON layout of {size} bytes is larger than any layout can be")
     try:
         doc = json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as e:
@@ -311,17 +365,39 @@ def _read_json(path: Path) -> tuple[dict[str, Any], dict[int, np.ndarray]]:
 
 def _read_npz(path: Path) -> tuple[dict[str, Any], dict[int, np.ndarray]]:
     try:
-        with np.load(path, allow_pickle=False) as z:
-            if "meta" not in z.files:
+        # Declared (uncompressed) sizes and .npy headers are checked before any member is decompressed, so a
+        # small zip bomb is refused without inflating it.
+        with zipfile.ZipFile(path) as zf:
+            infos = {i.filename: i for i in zf.infolist()}
+            if "meta.npy" not in infos:
                 raise LayoutError("npz layout without a 'meta' entry")
+            if infos["meta.npy"].file_size > 16 << 20:
+                raise LayoutError("npz layout 'meta' entry is implausibly large")
+            shapes = {}
+            for name, info in infos.items():
+                with zf.open(info) as f:
+                    version = np.lib.format.read_magic(f)
+                    shape, _, dtype = (np.lib.format.read_array_header_1_0(f) if version == (1, 0)
+                                       else np.lib.format.read_array_header_2_0(f))
+                shapes[name[:-4]] = (shape, dtype, info.file_size)
+        with np.load(path, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
-            perms = {}
-            for key in z.files:
+            if not isinstance(meta, dict):
+                raise LayoutError("npz layout metadata is not a JSON object")
+            sizes = _declared_sizes(meta)
+            for key, (shape, dtype, nbytes) in shapes.items():
                 if key == "meta":
                     continue
                 if not key.startswith("perm_") or not key[5:].isdigit():
                     raise LayoutError(f"unexpected array {key!r} in an npz layout")
-                perms[int(key[5:])] = z[key]
+                layer = int(key[5:])
+                if layer >= len(sizes) or shape != (sizes[layer],) or dtype.kind not in "iu" \
+                        or nbytes > 1024 + 8 * sizes[layer]:
+                    raise LayoutError(f"array {key!r} has shape {shape}, the metadata does not declare it")
+            perms = {}
+            for key in z.files:
+                if key != "meta":
+                    perms[int(key[5:])] = z[key]
     except LayoutError:
         raise
     except (OSError, ValueError, zipfile.BadZipFile, EOFError, io.UnsupportedOperation) as e:
@@ -385,6 +461,22 @@ def _validate(
     if stored_digest and stored_digest != layout.digest:
         raise LayoutError("perms do not match the digest recorded in the metadata (file altered or corrupt)")
     return layout
+
+
+def verify_layout(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Check a layout file or export completely (:func:`load_layout`: format, sizes, bijections, recorded digest; a
+    CSV export: bijections); return a summary, raise :class:`LayoutError` (one line) on any problem."""
+    p = Path(path)
+    require_regular(p, LayoutError, "layout file")
+    with open(p, "rb") as f:
+        head = f.read(len(_CSV_HEAD))
+    if head == _CSV_HEAD:
+        perms = read_csv_export(p)
+        return {"format": "csv", "n_layers": len(perms), "n_neurons": [int(x.size) for x in perms],
+                "digest": perms_digest(perms)}
+    lay = load_layout(p)
+    return {"format": FORMAT_NAME, "model_id": lay.model_id, "solver": lay.solver, "n_layers": lay.n_layers,
+            "n_neurons": lay.n_neurons, "stats_digest": lay.stats_digest, "digest": lay.digest}
 
 
 def read_csv_export(path: str | os.PathLike[str]) -> list[np.ndarray]:

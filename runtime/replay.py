@@ -23,11 +23,11 @@ import numpy as np
 from common.bits import unpack_bits
 from common.progress import ProgressFn, notify
 from runtime.caches import Cache, NoCache, load_masks
-from runtime.direct import drop_page_cache, filesystem_type, has_o_direct
+from runtime.direct import aligned_buffer, drop_page_cache, filesystem_type, has_o_direct
 from runtime.engines import engine_queue_depth, get_engine
-from runtime.errors import PlanError
+from runtime.errors import PackError, PlanError
 from runtime.layout import Layout
-from runtime.pack import PackFile, check_layout_matches
+from runtime.pack import PackFile, bundle_crcs, check_layout_matches
 from runtime.planner import (
     ALIGN,
     DENSE_CHUNK,
@@ -259,6 +259,22 @@ def simulate(
     return Report.from_counts(counts, mode="simulate", plan=cfg["plan"], config=cfg, latency_ns=latency)
 
 
+def _check_read(path: str, crcs: np.ndarray, layer: int, base: int, n: int, bb: int, offsets: Sequence[int],
+                sizes: Sequence[int], views: Sequence[memoryview]) -> None:
+    """Check every bundle wholly inside the ranges read against its crc32 (``crcs`` of the layer, by position)."""
+    for off, size, view in zip(offsets, sizes, views):
+        first = max(0, -(-(int(off) - base) // bb))
+        last = min(n, (int(off) + int(size) - base) // bb)
+        if last <= first:
+            continue
+        start = base + first * bb - int(off)
+        got = bundle_crcs(view[start : start + (last - first) * bb], bb)
+        bad = np.nonzero(got != crcs[first:last])[0]
+        if bad.size:
+            raise PackError(f"{path}: layer {layer}: bundle at position {first + int(bad[0])} fails its checksum "
+                            "(file corrupt)")
+
+
 def replay(
     pack_path: str | os.PathLike[str],
     layout: Layout,
@@ -275,6 +291,7 @@ def replay(
     engine_params: dict[str, Any] | None = None,
     read_log: list[tuple[np.ndarray, np.ndarray]] | None = None,
     drop_cache: bool = True,
+    verify: bool = False,
 ) -> Report:
     """Replay a trace with real O_DIRECT reads of the pack file; same counts as :func:`simulate` plus I/O times.
 
@@ -289,12 +306,17 @@ def replay(
     issue order (for :mod:`runtime.fio`; outside the timed region). With `drop_cache` (default) the pack's pages
     are dropped from the page cache (``posix_fadvise(DONTNEED)``) after its header is read, so neither the
     buffered header read's read-ahead nor an earlier buffered reader leaves bundle pages cached.
+
+    With `verify`, the engine reads into buffers of ours and, after each timed submit (outside the timed region),
+    every bundle wholly inside the bytes read is checked against the pack's crc32 table; a mismatch raises
+    :class:`runtime.errors.PackError` naming the layer and position. ``config["verified"]`` records it.
     """
     path = Path(pack_path)
     with PackFile(path) as pack:
         check_layout_matches(pack, layout)
         bb = pack.bundle_bytes
         bases = [pack.layer_offset(x) for x in range(pack.n_layers)]
+        crcs = [pack.bundle_crcs(x) for x in range(pack.n_layers)] if verify else None
     if drop_cache:
         drop_page_cache(path)
     sel = _check_inputs(layout, packed_active, layers)
@@ -305,6 +327,8 @@ def replay(
     latency = np.zeros((T, Ls), dtype=np.int64)
     parts = []
     clock = time.perf_counter_ns
+    vbuf = aligned_buffer(1 << 20) if verify else (None, memoryview(b""))
+    pack_check = str(path)
     eng = get_engine(engine, path, **(engine_params or {}))
     qd = engine_queue_depth(eng)
     try:
@@ -328,9 +352,24 @@ def replay(
                     if lo == hi:
                         continue
                     offs, sizes = r.offsets[lo:hi], r.sizes[lo:hi]
-                    t0 = clock()
-                    submit(offs, sizes)
-                    row[j] = clock() - t0
+                    if crcs is None:
+                        t0 = clock()
+                        submit(offs, sizes)
+                        row[j] = clock() - t0
+                    else:
+                        total = int(sum(sizes))
+                        if len(vbuf[1]) < total:
+                            vbuf = aligned_buffer(total)
+                        views, at = [], 0
+                        for n in sizes:  # sizes are 4 KiB multiples, so every slice stays aligned
+                            views.append(vbuf[1][at : at + n])
+                            at += n
+                        t0 = clock()
+                        submit(offs, sizes, views)
+                        row[j] = clock() - t0
+                        layer = sel[j]
+                        _check_read(pack_check, crcs[layer], layer, bases[layer], layout.n_neurons[layer], bb,
+                                    offs, sizes, views)
                     if read_log is not None:
                         read_log.append((offs, sizes))
             notify(progress, "replay", a + counts.n_tokens, T)
@@ -341,6 +380,7 @@ def replay(
     cfg["pack_fs"] = filesystem_type(path)
     cfg["queue_depth"] = qd
     cfg["o_direct"] = True
+    cfg["verified"] = bool(verify)
     if cost_model is not None:
         cfg["cost_model"] = cost_model.summary()
     return Report.from_counts(TraceCounts.concat(parts, sel), mode="replay", plan=cfg["plan"], config=cfg,

@@ -44,3 +44,28 @@ def smollm2_trace(smollm2, tmp_path_factory):
     out = tmp_path_factory.mktemp("trace") / "t"
     return capture(smollm2, "pydoc", out, tokens=MODEL_TRACE_TOKENS, ctx=256, sparsity=0.9, calib_tokens=512,
                    shard_tokens=256, progress=False)
+
+
+# ------------------------------------------------------------------------------- tiny local model (no SmolLM2)
+def save_tiny_model(folder: Path, seed: int = 0, *, hidden: int = 32, ffn: int = 64, layers: int = 2) -> Path:
+    """A tiny random LlamaForCausalLM with a byte-level tokenizer (256 tokens), saved with save_pretrained: a
+    local model for capture and pack tests that needs no download and loads in a fraction of a second."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    vocab = {c: i for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    cfg = LlamaConfig(vocab_size=len(vocab), hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=layers,
+                      num_attention_heads=4, num_key_value_heads=2)
+    torch.manual_seed(seed)
+    LlamaForCausalLM(cfg).save_pretrained(folder)
+    PreTrainedTokenizerFast(tokenizer_object=tk).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return save_tiny_model(tmp_path_factory.mktemp("tiny") / "model")

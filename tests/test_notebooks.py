@@ -37,6 +37,11 @@ FIGURES = {
         "02_real_replay.png",
         "02_dram_budget.png",
     ],
+    "03_accuracy.ipynb": [
+        "03_frontier.png",
+        "03_layer_sensitivity.png",
+        "03_structure_vs_operating_point.png",
+    ],
 }
 # Figures a notebook writes only when the runtime provides what they show (guarded in the notebook).
 OPTIONAL = {"02_dram_budget.png": "runtime.pipelines"}

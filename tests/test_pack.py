@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -82,13 +83,16 @@ def test_bundles_stored_in_placement_order(tmp_path: Path):
 def test_alignment_and_header(tmp_path: Path):
     path = write_pack(tmp_path / "p.pack", make_weights().__getitem__, random_layout(), d_model=D)
     raw = path.read_bytes()
-    assert raw[:8] == b"COACTPK1"
-    (jlen,) = struct.unpack("<Q", raw[8:16])
-    header = json.loads(raw[16 : 16 + jlen])
-    assert header["header_bytes"] % 4096 == 0 and 16 + jlen <= header["header_bytes"]
-    assert all(o % 4096 == 0 for o in header["layer_offsets"])
+    assert raw[:8] == b"COACTPK2"
+    (jlen, crc) = struct.unpack("<QI", raw[8:20])
+    assert raw[20:24] == b"\0" * 4
+    assert zlib.crc32(raw[24 : 24 + jlen], zlib.crc32(raw[:16])) == crc
+    header = json.loads(raw[24 : 24 + jlen])
+    assert header["version"] == 2 and header["bundle_checksum"] == "crc32"
+    assert header["header_bytes"] % 4096 == 0 and 24 + jlen <= header["header_bytes"]
+    assert all(o % 4096 == 0 for o in header["layer_offsets"] + [header["crc_offset"]])
     assert len(raw) % 4096 == 0 and len(raw) == header["file_bytes"]
-    assert raw[16 + jlen : header["header_bytes"]] == b"\0" * (header["header_bytes"] - 16 - jlen)
+    assert raw[24 + jlen : header["header_bytes"]] == b"\0" * (header["header_bytes"] - 24 - jlen)
     assert header["n_neurons"] == [N] * L and header["bundle"] == "up-down" and header["model_id"] == "toy"
     assert len(header["checksums"]) == L and all(len(c) == 64 for c in header["checksums"])
     assert not list(tmp_path.glob(".*.tmp"))
@@ -113,16 +117,22 @@ def test_truncated_foreign_and_corrupt_files_raise(tmp_path: Path):
     with PackFile(path) as pack:
         corrupt[pack.layer_offset(2) + 100] ^= 0xFF
     (tmp_path / "flip.pack").write_bytes(bytes(corrupt))
-    with PackFile(tmp_path / "flip.pack") as pack, pytest.raises(PackError, match="layer 2: checksum"):
+    with PackFile(tmp_path / "flip.pack") as pack, pytest.raises(PackError, match="layer 2: bundle at position"):
         pack.verify()
-    # header sizes inconsistent with each other
+    # header sizes inconsistent with each other (with a valid header checksum: the consistency checks still run)
     (jlen,) = struct.unpack("<Q", raw[8:16])
-    header = json.loads(raw[16 : 16 + jlen])
+    header = json.loads(raw[24 : 24 + jlen])
     header["bundle_bytes"] += 2
     body = json.dumps(header).encode()
-    (tmp_path / "incons.pack").write_bytes(raw[:8] + struct.pack("<Q", len(body)) + body + raw[16 + len(body):])
+    prefix = struct.pack("<8sQ", b"COACTPK2", len(body))
+    prefix += struct.pack("<I4x", zlib.crc32(body, zlib.crc32(prefix)))
+    (tmp_path / "incons.pack").write_bytes(prefix + body + raw[24 + len(body):])
     with pytest.raises(PackError, match="bundle_bytes"):
         PackFile(tmp_path / "incons.pack")
+    # the same edit without fixing the checksum: the header protects itself
+    (tmp_path / "edited.pack").write_bytes(raw[:24] + body + raw[24 + len(body):])
+    with pytest.raises(PackError, match="header checksum"):
+        PackFile(tmp_path / "edited.pack")
 
 
 def test_layout_mismatch_and_bad_weights(tmp_path: Path):

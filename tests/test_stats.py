@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from common.bits import pack_bits, unpack_bits
 from coact.errors import CoactError
 from coact.stats import CoactStats, StatsError, compute_stats
+from common.errors import OutputExistsError
 
 
 def random_packed(T: int, L: int, N: int, p: float = 0.3, seed: int = 0) -> np.ndarray:
@@ -176,7 +177,7 @@ def test_save_load_round_trip(tmp_path, stats):
     assert back.meta == stats.meta
     assert back.digest == stats.digest
     header = json.loads((out / "meta.json").read_text())
-    assert header["format"] == "coact-stats" and header["version"] == 1 and header["digest"] == stats.digest
+    assert header["format"] == "coact-stats" and header["version"] == 2 and header["digest"] == stats.digest
     assert header["dtype"] == "int32"
     assert not [p for p in os.listdir(tmp_path) if p != "s"], "temporary directories left behind"
 
@@ -192,8 +193,9 @@ def test_save_overwrites_atomically(tmp_path, stats):
 
 def test_save_refuses_file_target(tmp_path, stats):
     (tmp_path / "f").write_text("x")
-    with pytest.raises(StatsError):
+    with pytest.raises(OutputExistsError):
         stats.save(tmp_path / "f")
+    assert (tmp_path / "f").read_text() == "x"
 
 
 def test_large_counts_stored_as_int64(tmp_path):
@@ -217,7 +219,17 @@ def test_digest_depends_on_counts_and_tokens(stats):
     c = [x.copy() for x in stats.coact]
     c[2][0, 1] += 1
     assert CoactStats(stats.freq, c, stats.n_tokens).digest != d
-    assert CoactStats(stats.freq, stats.coact, stats.n_tokens, {"other": 1}).digest == d  # meta is not content
+    bare = CoactStats(stats.freq, stats.coact, stats.n_tokens)
+    assert CoactStats(stats.freq, stats.coact, stats.n_tokens, {"other": 1}).digest == bare.digest  # not provenance
+
+
+@pytest.mark.parametrize("key,value", [("model_id", "another/model"), ("sparsifier", {"method": "cats",
+                                       "thresholds": [0.5]}), ("token_range", [1, 2]), ("corpus", "other"),
+                                       ("content_digest", "0" * 64)])
+def test_digest_covers_provenance(stats, key, value):
+    """Equal counts from another model / sparsifier / threshold / token range are different statistics."""
+    other = CoactStats(stats.freq, stats.coact, stats.n_tokens, {**stats.meta, key: value})
+    assert other.digest != stats.digest
 
 
 def test_corrupted_data_raises(tmp_path, stats):
@@ -275,7 +287,8 @@ def test_merge_equals_stats_of_concatenation():
     whole = compute_stats(tr, progress=False)
     m = a + b
     assert_matches(m, whole.freq, whole.coact)
-    assert m.n_tokens == 40 and m.digest == whole.digest
+    assert m.n_tokens == 40
+    assert m.digest != whole.digest  # same counts, other provenance (two parts)
     assert m.meta["model_id"] == "fake/model"
     assert [p["token_range"] for p in m.meta["parts"]] == [[0, 15], [15, 40]]
     assert len((m + a).meta["parts"]) == 3

@@ -13,6 +13,7 @@ import typer
 from rich.table import Table
 
 from coact.cli._app import command, emit_json, logger, out_console
+from coact.cli.online import flash_options, flash_perplexity_cmd
 from coact.cli.render import render_pipelines
 from coact.compare import run_compare
 from coact.demo import DemoConfig, run_demo
@@ -20,7 +21,7 @@ from coact.errors import CoactError
 from coact.sparsify import SPARSIFIERS
 from coact.stats import CoactStats
 from coact.workflow import capture, count, evaluate_layouts, export as export_layout_file, layout_objective, \
-    measure_perplexity, pack, replay_pack, require, solve_layouts
+    capture_at_budget, measure_perplexity, pack, replay_pack, require, solve_layouts
 from runtime.caches import CACHES
 from runtime.engines import ENGINES
 from runtime.layout import EXPORT_FORMATS, load_layout
@@ -32,37 +33,50 @@ from solvers import SOLVERS, available_solvers, get_solver
 def demo(
     out: Path = typer.Option(Path("coact-out"), help="Output folder (trace, stats, layouts, report.json, demo.png)."),
     profile_tokens: int = typer.Option(16384, help="Tokens profiled for co-activation statistics."),
-    heldout_tokens: int = typer.Option(512, help="Held-out tokens replayed with real O_DIRECT reads."),
+    heldout_tokens: int = typer.Option(256, help="Held-out tokens: perplexity and real O_DIRECT replay."),
     solver: List[str] = typer.Option(["identity", "frequency", "ripple"], help="Solvers to compare (repeat)."),
     model: str = typer.Option("smollm2", help="'smollm2' or a local model path."),
     corpus: str = typer.Option("pydoc", help="'pydoc', a text file or a saved dataset."),
+    max_ppl_increase: float = typer.Option(0.2, help="Accuracy budget: CATS thresholds keep perplexity within "
+                                                     "this fraction of dense (0.2 = +20 %)."),
+    sparsity: Optional[float] = typer.Option(None, help="Fixed CATS sparsity instead of a budget (0.9 is the "
+                                                        "stress regime: it destroys SmolLM2's accuracy)."),
+    engine: str = typer.Option("threads:16", help="I/O engine for the replay. " + ENGINES.help_text()),
     collapse: int = typer.Option(0, help="Access-collapse gap in bundles (0: off)."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
-    """The main job on embedded defaults: SmolLM2 + Python's pydoc text -> traces -> statistics -> solvers ->
-    layouts -> packed flash file -> real O_DIRECT replay of held-out text, and a comparison table.
+    """The main job on embedded defaults: SmolLM2 + Python's pydoc text -> an operating point within an accuracy
+    budget -> traces -> perplexity -> statistics -> solvers -> layouts -> packed flash file -> real O_DIRECT replay
+    of held-out text (and of the dense FFN), and a comparison table.
 
-    Example: coact demo --out coact-out
+    Example: coact demo --out coact-out            (stress regime: coact demo --sparsity 0.9)
     """
     cfg = DemoConfig(out=out, model=model, corpus=corpus, profile_tokens=profile_tokens,
-                     heldout_tokens=heldout_tokens, solvers=tuple(solver), collapse=collapse)
+                     heldout_tokens=heldout_tokens, solvers=tuple(solver), collapse=collapse, engine=engine,
+                     max_ppl_increase=None if sparsity is not None else max_ppl_increase,
+                     sparsity=0.9 if sparsity is None else sparsity)
     summary = run_demo(cfg, progress=not json_out, log=logger(json_out))
     if json_out:
-        emit_json({k: summary[k] for k in ("config", "rows", "achieved_sparsity")})
+        emit_json({k: summary[k] for k in ("config", "regime", "accuracy", "operating_point", "rows",
+                                           "achieved_sparsity")})
         return
-    t = Table(title=f"coact demo: {heldout_tokens} held-out tokens, {summary['trace']['n_layers']} layers; "
-              "run = bundles per read (higher is better), I/O = real O_DIRECT time per token")
-    t.add_column("solver", no_wrap=True)
+    acc = summary["accuracy"]
+    t = Table(title=f"coact demo at {summary['regime']}: perplexity {acc['dense']['ppl']:.2f} dense -> "
+              f"{acc['sparse']['ppl']:.2f} sparse ({acc['ppl_cost']:+.1%}); {heldout_tokens} held-out tokens, "
+              f"{summary['trace']['n_layers']} layers; run = bundles per read (higher is better), I/O = real "
+              f"O_DIRECT time per token ({engine})")
+    t.add_column("layout", no_wrap=True)
     for col in ("objective", "mean run", "reads/tok", "KiB/tok", "I/O ms/tok", "p50 ms", "p99 ms", "MB/s"):
         t.add_column(col, justify="right", no_wrap=True)
     for r in summary["rows"]:
-        t.add_row(r["solver"], f"{r['objective']:,}", f"{r['mean_run_length']:.3f}", f"{r['reads_per_token']:.1f}",
-                  f"{r['bytes_read_per_token'] / 1024:.0f}", f"{r['io_ms_per_token_mean']:.2f}",
-                  f"{r['io_ms_per_token_p50']:.2f}", f"{r['io_ms_per_token_p99']:.2f}",
-                  f"{r['effective_bandwidth_MBps']:.0f}")
+        t.add_row(r["solver"], "-" if r["objective"] is None else f"{r['objective']:,}",
+                  "-" if r["mean_run_length"] is None else f"{r['mean_run_length']:.3f}",
+                  f"{r['reads_per_token']:.1f}", f"{r['bytes_read_per_token'] / 1024:.0f}",
+                  f"{r['io_ms_per_token_mean']:.2f}", f"{r['io_ms_per_token_p50']:.2f}",
+                  f"{r['io_ms_per_token_p99']:.2f}", f"{r['effective_bandwidth_MBps']:.0f}")
     out_console.print(t)
     sp = summary["achieved_sparsity"]
-    out_console.print(f"achieved sparsity per layer: min {min(sp):.3f}, max {max(sp):.3f}")
+    out_console.print(f"achieved sparsity per layer (trace): min {min(sp):.3f}, max {max(sp):.3f}")
     out_console.print(f"outputs: {out.resolve()} (report.json, demo.png, layouts/, stats/, trace/)")
 
 
@@ -79,17 +93,32 @@ def trace(
     method: str = typer.Option("cats", help="Sparsifier. " + SPARSIFIERS.help_text()),
     calib_tokens: int = typer.Option(1024, help="Tokens used to calibrate CATS thresholds."),
     thresholds_from: Optional[Path] = typer.Option(None, help="Reuse the CATS thresholds of this trace."),
+    max_ppl_increase: Optional[float] = typer.Option(None, help="Accuracy budget instead of --sparsity: per-layer "
+                                                                "CATS thresholds that keep perplexity within this "
+                                                                "fraction of dense (e.g. 0.05 = +5 %)."),
+    allocation: str = typer.Option("uniform", help="With --max-ppl-increase: 'uniform' (one sparsity, fast) or "
+                                                   "'sensitivity' (per layer, by measured layer sensitivity)."),
     json_out: bool = typer.Option(False, "--json", help="Print the trace metadata as JSON."),
 ) -> None:
     """Capture bit-packed active sets of every FFN layer. Resumes after interruption (run the same command again).
 
-    Example: coact trace --tokens 20000 --out traces/pydoc-profile
+    Example: coact trace --tokens 20000 --max-ppl-increase 0.05 --out traces/pydoc-profile
     """
-    tr = capture(model, corpus, out, tokens=tokens, start=start, ctx=ctx, method=method, sparsity=sparsity,
-                 calib_tokens=calib_tokens, thresholds_from=thresholds_from, progress=not json_out)
+    op = None
+    if max_ppl_increase is not None:
+        tr, op = capture_at_budget(model, corpus, out, max_ppl_increase=max_ppl_increase, allocation=allocation,
+                                   tokens=tokens, start=start, ctx=ctx, calib_tokens=calib_tokens,
+                                   progress=not json_out)
+    else:
+        tr = capture(model, corpus, out, tokens=tokens, start=start, ctx=ctx, method=method, sparsity=sparsity,
+                     calib_tokens=calib_tokens, thresholds_from=thresholds_from, progress=not json_out)
     if json_out:
-        emit_json(tr.meta)
+        emit_json({**tr.meta, "operating_point": None if op is None else op.to_dict()})
         return
+    if op is not None:
+        out_console.print(f"operating point +{max_ppl_increase:.0%} ({allocation}): mean sparsity "
+                          f"{op.mean_sparsity:.3f}, validation perplexity {op.validation_ppl_dense:.2f} dense -> "
+                          f"{op.validation_ppl:.2f}")
     sp = tr.meta["achieved_sparsity"]
     out_console.print(f"trace: {tr.n_tokens:,} tokens x {tr.n_layers} layers x {tr.n_neurons} neurons -> {out}")
     out_console.print("achieved sparsity per layer: " + " ".join(f"{x:.3f}" for x in sp))
@@ -221,6 +250,8 @@ def replay_cmd(
     cache_mb: float = typer.Option(0.0, help="DRAM cache budget in MB shared by all layers."),
     policy: str = typer.Option("none", help="Cache policy. " + CACHES.help_text()),
     per_layer: bool = typer.Option(False, help="Also print a per-layer table."),
+    verify: bool = typer.Option(False, "--verify", help="Check every bundle read against the pack's crc32s "
+                                                        "(outside the timed region)."),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
     """Real O_DIRECT replay of a trace against a pack file: run lengths, reads, bytes, latency, bandwidth.
@@ -228,7 +259,7 @@ def replay_cmd(
     Example: coact replay ripple.pack --trace traces/heldout --json
     """
     rep = replay_pack(pack_file, trace_dir, start=start, stop=stop, collapse=collapse, engine=engine,
-                      cache_mb=cache_mb, policy=policy, progress=not json_out)
+                      cache_mb=cache_mb, policy=policy, verify=verify, progress=not json_out)
     if json_out:
         emit_json(rep.to_dict())
         return
@@ -305,12 +336,26 @@ def perplexity(
     calib_tokens: int = typer.Option(1024, help="Tokens [0, N) used to calibrate CATS thresholds."),
     thresholds_from: Optional[Path] = typer.Option(None, help="Use the CATS thresholds of this trace."),
     json_out: bool = typer.Option(False, "--json"),
+    from_pack: Optional[Path] = typer.Option(None, "--from", help="Run the model from this pack file (flash)."),
+    budget: float = typer.Option(0.10, help="With --from: DRAM cache budget, fraction of the FFN bytes in [0, 1]."),
+    policy: str = typer.Option("lru", help="With --from: cache policy."),
+    engine: str = typer.Option("threads:16", help="With --from: I/O engine (NAME or NAME:QUEUE_DEPTH)."),
+    collapse: str = typer.Option("0", help="With --from: access-collapse gap in bundles or 'auto' (needs --cost)."),
+    cost: Optional[Path] = typer.Option(None, help="With --from: cost model JSON for --collapse auto."),
+    prefetch: bool = typer.Option(True, "--prefetch/--no-prefetch", help="With --from: prefetch during attention."),
 ) -> None:
     """Teacher-forced perplexity on held-out text, dense and with a sparsifier, and the perplexity cost
-    (sparse / dense - 1). Windows of CTX tokens are independent sequences; see coact/accuracy.py.
+    (sparse / dense - 1). Windows of CTX tokens are independent sequences; see coact/accuracy.py. With --from PACK
+    the sparse model runs token by token from flash (coact/online.py) and the speed report is printed too.
 
     Example: coact perplexity --corpus ../shared/corpora/wikitext2-test.txt --method cats --sparsity 0.4
     """
+    if from_pack is not None:
+        flash_perplexity_cmd(from_pack, model=model, corpus=corpus, tokens=tokens, start=start, ctx=ctx,
+                             method=method, sparsity=sparsity, calib_tokens=calib_tokens,
+                             thresholds_from=thresholds_from, json_out=json_out,
+                             **flash_options(budget, policy, engine, collapse, cost, prefetch, "post"))
+        return
     res = measure_perplexity(model, corpus, start=start, tokens=tokens, ctx=ctx,
                              method=None if method == "dense" else method, sparsity=sparsity,
                              calib_tokens=calib_tokens, thresholds_from=thresholds_from, progress=not json_out)

@@ -1,0 +1,555 @@
+"""Run the model from flash: a causal LM token by token (batch 1, KV cache) with its FFN up/down weights streamed
+from a pack file; the model side of the online engine (the flash side is :mod:`runtime.stream`).
+
+What stays in DRAM: embeddings, attention, norms, the LM head and every layer's **gate** (``up-down`` bundles, as in
+CATS: the gate decides which neurons are needed). The up and down matrices are *removed* from the model (each MLP
+module is replaced by :class:`StreamedMLP`, which holds only the gate and the activation function); their DRAM is
+the cache budget of the :class:`runtime.stream.FlashFFNReader` (plus one layer's read buffers).
+
+Per token and layer (:class:`StreamedMLP`): ``a = act(gate(x))``, ``S = sparsifier.mask(a)``, the reader returns
+the bundles of S (cache hits, prefetched bundles, and reads of the rest with collapse and O_DIRECT), and
+``y = down[:, S] @ (a[S] * (up[S] @ x))`` is computed from exactly the bytes read. That is term for term what the
+in-memory model masked by :func:`coact.accuracy.sparsified` computes (inactive neurons contribute zero there), so
+the logits agree up to float32 summation order: caches, collapse and prefetch change which bytes are read when,
+never the values (tests/test_online.py measures it).
+
+**Prefetch predictor.** While layer l's attention runs, the reader already reads the bundles of l's *likely*
+neurons. The prediction is the sparsifier applied to ``act(gate(norm(h)))``, with h the residual stream entering
+layer l (known before attention). Two norms are possible:
+
+- ``post`` (default): the FFN's own ``post_attention_layernorm`` applied to h. The FFN input is
+  ``post_attention_layernorm(h + attn(h))``; in a pre-norm transformer the residual h dominates the attention
+  update, so this is the FFN input minus the attention update, normalised exactly as the gate expects.
+- ``input``: the ``input_layernorm`` output (what attention sees), as first proposed; it carries the attention
+  norm's weights instead of the FFN norm's, which the gate was not trained on.
+
+``margin`` scales the predicted activation before the sparsifier (``|a| * margin > t``): margin > 1 predicts more neurons
+(higher recall, more wasted bytes). Measured precision/recall of both are in the report (``predictor``).
+Prefetched bundles outside the true load set are discarded; misses are read once the true set is known.
+"""
+from __future__ import annotations
+
+import copy
+import gc
+import inspect
+import time
+import weakref
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from coact.corpus import load_text, token_windows, tokenize
+from coact.errors import CoactError, TraceError
+from coact.models import ModelHandle, _find_layers, load_model
+from coact.sparsify import Sparsifier, get_sparsifier
+from coact.trace import Trace, forward_activations
+from runtime.caches import CACHES, get_cache
+from runtime.device import CostModel
+from runtime.engines import parse_engine
+from runtime.pack import PackFile
+from runtime.replay import resolve_collapse
+from runtime.stream import FlashFFNReader, summarize
+
+PREDICTORS = ("post", "input")
+_clock = time.perf_counter_ns
+
+
+@dataclass
+class TokenTiming:
+    """Compute time of one token, nanoseconds: attention (layer entry to FFN entry, incl. norms), the resident gate
+    and sparsifier, the predictor, FFN matmuls, time inside ``fetch`` (I/O wait + decode + cache bookkeeping)
+    and the token's wall time."""
+
+    attention_ns: int = 0
+    gate_ns: int = 0
+    predict_ns: int = 0
+    ffn_ns: int = 0
+    fetch_ns: int = 0
+    wall_ns: int = 0
+
+
+class StreamedMLP(nn.Module):
+    """A gated MLP whose up/down weights come from flash: holds only the gate (resident) and the activation."""
+
+    def __init__(self, owner: "FlashModel", layer: int, gate_proj: nn.Module, act_fn: nn.Module):
+        super().__init__()
+        self.gate_proj = gate_proj
+        self.act_fn = act_fn
+        self.layer = layer
+        self._owner = weakref.ref(owner)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fm = self._owner()
+        assert fm is not None
+        return fm._ffn(self, x)
+
+
+class FlashModel:
+    """A causal LM whose FFN up/down weights are streamed from a pack file (see the module docstring).
+
+    Args:
+        pack: pack file with ``up-down`` bundles written from this model (any layout, fp16 or fp32).
+        model: a model spec for :func:`coact.models.load_model` or a loaded :class:`ModelHandle` (deep-copied
+            unless ``copy_model=False``, in which case the handle's model is modified in place).
+        sparsifier: a calibrated sparsifier (None: every neuron is active).
+        budget: DRAM cache budget as a fraction of the pack's FFN bytes, in [0, 1].
+        policy: cache policy (:data:`runtime.caches.CACHES`); ``policy_params`` go to its factory.
+        engine: I/O engine spec; collapse: access-collapse gap in bundles or ``"auto"`` (needs ``cost_model``).
+        prefetch: overlap reads with attention using the predictor (``post`` or ``input``) and ``margin``.
+        dense: read every layer's whole region per token (the dense-from-flash baseline; no cache, no prefetch).
+    """
+
+    def __init__(self, pack: str | Path, model: str | ModelHandle = "smollm2", *,
+                 sparsifier: Sparsifier | None, budget: float = 0.1, policy: str = "lru",
+                 policy_params: dict[str, Any] | None = None, engine: str = "threads:16",
+                 collapse: int | str = 0, cost_model: Any = None, prefetch: bool = True, predictor: str = "post",
+                 margin: float = 1.0, dense: bool = False, copy_model: bool = True, exact: bool = True):
+        budget = check_budget(budget)
+        if predictor not in PREDICTORS:
+            raise CoactError(f"unknown predictor {predictor!r}; choose {', '.join(PREDICTORS)}")
+        if not margin > 0:
+            raise CoactError(f"prefetch margin must be > 0, got {margin}")
+        if sparsifier is not None and sparsifier.needs_calibration:
+            raise CoactError("missing thresholds: calibrate the sparsifier (--sparsity) or give --thresholds-from")
+        CACHES.entry(policy)
+        header = check_pack(pack)
+        handle = load_model(model) if isinstance(model, str) else model
+        check_pack_model(pack, header, handle)
+        self._align = [(m.up_proj.weight.data_ptr() % 64, m.down_proj.weight.data_ptr() % 64)
+                       for m in (layer.mlp for layer in _find_layers(handle.model))]
+        for m in (layer.mlp for layer in _find_layers(handle.model)):
+            if m.up_proj.bias is not None or m.down_proj.bias is not None:
+                raise CoactError("the online engine does not support MLP biases")
+        if copy_model and not isinstance(model, str):
+            handle = ModelHandle(copy.deepcopy(handle.model), handle.tokenizer, handle.model_id, handle.source,
+                                 handle.n_layers, handle.n_neurons, handle.d_model, handle.gated)
+        self.handle = handle
+        self.model = handle.model
+        self.sparsifier = sparsifier
+        self.prefetch_on = bool(prefetch) and not dense
+        self.predictor = predictor
+        self.margin = float(margin)
+        self.pack_path = Path(pack)
+        ffn_bytes = sum(header["layer_nbytes"])
+        budget_bytes = int(budget * ffn_bytes)
+        bb = int(header["bundle_bytes"])
+        self.budget_fraction = budget
+        cache = None if dense or policy == "none" else get_cache(policy, budget_bytes, bb, **(policy_params or {}))
+        gap = resolve_collapse(collapse, bundle_bytes=bb, cost_model=cost_model,
+                               queue_depth=_queue_depth(engine))
+        self.reader = FlashFFNReader(pack, cache=cache, engine=engine, collapse_gap=gap, dense=dense)
+        self._layers = _find_layers(self.model)
+        self.dropped: list[weakref.ref] = []  # the removed up/down weights (tests check they are freed)
+        self._hooks = []
+        for i, layer in enumerate(self._layers):
+            old = layer.mlp
+            for name in ("up_proj", "down_proj"):
+                self.dropped.append(weakref.ref(getattr(old, name).weight))
+            layer.mlp = StreamedMLP(self, i, old.gate_proj, old.act_fn)
+            del old
+            self._hooks.append(layer.register_forward_pre_hook(self._layer_entry, with_kwargs=True))
+        gc.collect()
+        self._pred: dict[int, np.ndarray] = {}
+        self._attn_start = 0
+        self.timings: list[TokenTiming] = []
+        self._pred_stats = np.zeros(3, dtype=np.int64)  # predicted, active, predicted & active
+        self._cache_arg = _cache_kwarg(self.model)
+        self.exact = bool(exact)
+        self._scratch_bufs: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    # ---------------------------------------------------------------------------------------------- per layer
+    def _layer_entry(self, layer: nn.Module, args: tuple, kwargs: dict) -> None:
+        t0 = _clock()
+        idx = layer.mlp.layer
+        if self.prefetch_on:
+            h = args[0] if args else kwargs["hidden_states"]
+            if h.shape[0] * h.shape[1] == 1:
+                with torch.no_grad():
+                    norm = layer.post_attention_layernorm if self.predictor == "post" else layer.input_layernorm
+                    a = layer.mlp.act_fn(layer.mlp.gate_proj(norm(h.reshape(1, -1))))
+                    pred = self._mask(idx, a * self.margin)[0]
+                ids = np.flatnonzero(pred.numpy())
+                self._pred[idx] = ids
+                self.reader.prefetch(idx, ids)
+        t1 = _clock()
+        if self.timings:
+            self.timings[-1].predict_ns += t1 - t0
+        self._attn_start = t1
+
+    def _mask(self, layer: int, a: torch.Tensor) -> torch.Tensor:
+        if self.sparsifier is None:
+            return torch.ones_like(a, dtype=torch.bool)
+        return self.sparsifier.mask(layer, a)
+
+    def _ffn(self, mlp: StreamedMLP, x: torch.Tensor) -> torch.Tensor:
+        t0 = _clock()
+        tm = self.timings[-1] if self.timings else TokenTiming()
+        tm.attention_ns += t0 - self._attn_start
+        a = mlp.act_fn(mlp.gate_proj(x))  # the same ops on the same shapes as the in-memory model
+        keep = self._mask(mlp.layer, a)
+        am = a * keep.to(a.dtype)
+        t1 = _clock()
+        tm.gate_ns += t1 - t0
+        n, d = a.shape[-1], x.shape[-1]
+        xs, ams, keeps = x.reshape(-1, 1, 1, d), am.reshape(-1, 1, 1, n), keep.reshape(-1, n)
+        out = torch.empty_like(xs)
+        pred = self._pred.pop(mlp.layer, None)
+        for t in range(xs.shape[0]):
+            ids = np.flatnonzero(keeps[t].numpy())
+            if pred is not None:
+                self._pred_stats += (pred.size, ids.size, np.intersect1d(pred, ids, assume_unique=True).size)
+            f0 = _clock()
+            w = self.reader.fetch(mlp.layer, ids)
+            f1 = _clock()
+            if self.exact:
+                # Scatter the bundles into dense-shaped scratch matrices and run the model's own kernels on them:
+                # rows/columns outside S hold stale values that meet a zero of `am`, so every float operation is
+                # the one the in-memory sparse model performs (bit-identical FFN output, so no CATS threshold
+                # decision downstream can flip).
+                up, down = self._scratch(mlp.layer, n, d)
+                up.numpy()[ids] = w[:, 0, :]
+                down.numpy()[:, ids] = np.ascontiguousarray(w[:, 1, :].T)
+                out[t] = F.linear(ams[t] * F.linear(xs[t], up), down)
+            else:  # k-sized matmuls: fewer FLOPs, equal up to float32 summation order
+                wt = torch.from_numpy(w)
+                sel = torch.from_numpy(ids)
+                out[t, 0, 0] = (ams[t, 0, 0, sel] * (wt[:, 0, :] @ xs[t, 0, 0])) @ wt[:, 1, :]
+            tm.fetch_ns += f1 - f0
+            tm.ffn_ns += _clock() - f1
+        return out.reshape(x.shape)
+
+    def _scratch(self, layer: int, n: int, d: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer-shaped scratch matrices (up [n, d], down [d, n]) whose addresses have the same offset modulo 64
+        bytes as the model's own up/down weights had: CPU BLAS kernels peel differently for differently aligned
+        operands, and only the same alignment gives the same float results. Shared by layers of equal shape and
+        alignment (for SmolLM2: one pair, one layer's worth of fp32 weights)."""
+        mods = self._align[layer]
+        key = (n, d, *mods)
+        if key not in self._scratch_bufs:
+            pair = []
+            for shape, mod in (((n, d), mods[0]), ((d, n), mods[1])):
+                flat = torch.zeros(n * d + 64)
+                shift = ((mod - flat.data_ptr() % 64) % 64) // 4
+                pair.append(flat[shift : shift + n * d].view(shape))
+            self._scratch_bufs[key] = (pair[0], pair[1])
+        return self._scratch_bufs[key]
+
+    # ----------------------------------------------------------------------------------------------- per token
+    def new_kv(self) -> Any:
+        from transformers import DynamicCache
+
+        return DynamicCache(config=self.model.config)
+
+    def step(self, token: int, kv: Any) -> torch.Tensor:
+        """Run one token through the model (appending to `kv`); returns float32 logits [vocab]."""
+        self.reader.begin_token()
+        tm = TokenTiming()
+        self.timings.append(tm)
+        t0 = _clock()
+        with torch.inference_mode():
+            out = self.model(input_ids=torch.tensor([[int(token)]]), use_cache=True, **{self._cache_arg: kv})
+        logits = out.logits[0, -1]
+        tm.wall_ns = _clock() - t0
+        return logits
+
+    def generate(self, prompt_ids: Sequence[int], max_tokens: int, *, keep_logits: bool = False) -> dict[str, Any]:
+        """Greedy generation: the prompt token by token, then `max_tokens` new tokens."""
+        return greedy(self.step, self.new_kv(), prompt_ids, max_tokens, keep_logits=keep_logits)
+
+    def perplexity(self, stream: np.ndarray, *, start: int, tokens: int, ctx: int = 256) -> dict[str, Any]:
+        """Teacher-forced perplexity of tokens [start, start + tokens), windows as :mod:`coact.accuracy`."""
+        return stepwise_perplexity(self.step, self.new_kv, stream, start=start, tokens=tokens, ctx=ctx)
+
+    # ----------------------------------------------------------------------------------------------- reporting
+    def reset_stats(self) -> None:
+        self.timings.clear()
+        self.reader.tokens.clear()
+        self._pred_stats[:] = 0
+
+    def report(self, skip: int = 0) -> dict[str, Any]:
+        """Speed, compute/I/O split per token, bytes, cache and prefetch figures, DRAM used (first `skip` tokens
+        left out, e.g. warm-up)."""
+        tms = self.timings[skip:]
+        ios = self.reader.tokens[skip:]
+        n = len(tms)
+        io = summarize(ios)
+        wall = np.array([t.wall_ns for t in tms], dtype=np.float64) / 1e6
+        ms = {f: (sum(getattr(t, f) for t in tms) / n / 1e6 if n else None) for f in
+              ("attention_ns", "gate_ns", "predict_ns", "ffn_ns", "fetch_ns", "wall_ns")}
+        per = io["per_token"]
+        wait_ms = per["wait_ns"] / 1e6
+        compute_ms = None if not n else (ms["wall_ns"] - wait_ms)
+        p = self._pred_stats
+        resident = sum(x.numel() * x.element_size() for x in self.model.parameters())
+        resident += sum(x.numel() * x.element_size() for x in self.model.buffers())
+        return {
+            "tokens": n,
+            "tokens_per_s": (n / (wall.sum() / 1e3)) if n and wall.sum() > 0 else None,
+            "ms_per_token": {
+                "wall": ms["wall_ns"], "p50": float(np.percentile(wall, 50)) if n else None,
+                "p99": float(np.percentile(wall, 99)) if n else None,
+                "compute": compute_ms, "attention": ms["attention_ns"], "gate": ms["gate_ns"],
+                "predict": ms["predict_ns"], "ffn": ms["ffn_ns"],
+                "fetch": ms["fetch_ns"], "io_wait": wait_ms, "io_total": per["io_ns"] / 1e6,
+                "io_hidden": per["hidden_ns"] / 1e6,
+                "decode_and_cache": None if not n else ms["fetch_ns"] - wait_ms,
+            },
+            "per_token": {"bytes_read": per["bytes_read"], "bytes_requested": per["bytes_requested"],
+                          "reads": per["reads"], "active": per["active"], "hits": per["hits"],
+                          "loaded": per["loaded"], "wasted_bytes": per["wasted_bytes"]},
+            "hit_rate": io["hit_rate"],
+            "prefetch": {"on": self.prefetch_on, "predictor": self.predictor, "margin": self.margin,
+                         "precision_vs_load": io["prefetch_precision"], "recall_vs_load": io["prefetch_recall"],
+                         "predictor_precision": (p[2] / p[0]) if p[0] else None,
+                         "predictor_recall": (p[2] / p[1]) if p[1] else None,
+                         "hidden_fraction": io["hidden_fraction"]},
+            "dram": {"cache_bytes": self.reader.cache_bytes, "read_buffers": self.reader.dram_bytes
+                     - self.reader.cache_bytes, "ffn_streamed_bytes": self.reader.dram_bytes,
+                     "compute_scratch_bytes": sum(u.numel() * 8 for u, _ in self._scratch_bufs.values()),
+                     "resident_model_bytes": int(resident), "ffn_bytes_on_flash": self.reader.ffn_bytes,
+                     "budget_fraction": self.budget_fraction},
+            "config": self.reader.describe(),
+        }
+
+    def close(self) -> None:
+        self.reader.close()
+
+    def __enter__(self) -> "FlashModel":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# ---------------------------------------------------------------------------------------------------- helpers
+def check_budget(budget: float) -> float:
+    b = float(budget)
+    if not 0.0 <= b <= 1.0:
+        raise CoactError(f"--budget is a fraction of the FFN bytes in [0, 1], got {budget}")
+    return b
+
+
+def check_pack(pack: str | Path) -> dict[str, Any]:
+    """The pack's header, or a user error if it is not one the online engine can run (``up-down`` bundles)."""
+    p = Path(pack)
+    if not p.exists():
+        raise CoactError(f"pack file {p} not found")
+    with PackFile(p) as pf:
+        header = dict(pf.header)
+    if header["bundle"] != "up-down":
+        raise CoactError(f"{p}: bundle schema {header['bundle']!r} is not supported from flash; the online engine "
+                         "needs 'up-down' packs (the gate stays in DRAM to choose the neurons)")
+    return header
+
+
+def check_pack_model(pack: str | Path, header: dict[str, Any], handle: ModelHandle) -> None:
+    if header.get("model_id") and header["model_id"] != handle.model_id:
+        raise CoactError(f"{pack}: pack is for model {header['model_id']!r}, not {handle.model_id!r}")
+    if (header["n_layers"] != handle.n_layers or any(n != handle.n_neurons for n in header["n_neurons"])
+            or header["d_model"] != handle.d_model):
+        raise CoactError(f"{pack}: pack has {header['n_layers']} layers x {header['n_neurons'][0]} neurons x "
+                         f"d_model {header['d_model']}, the model {handle.n_layers} x {handle.n_neurons} x "
+                         f"{handle.d_model}")
+    if not handle.gated:
+        raise CoactError("the online engine supports gated MLPs (gate/up/down) only")
+
+
+def _queue_depth(engine: str) -> int:
+    _, params = parse_engine(engine)
+    return int(params.get("queue_depth", 1))
+
+
+def _cache_kwarg(model: Any) -> str:
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def greedy(step: Callable[[int, Any], torch.Tensor], kv: Any, prompt_ids: Sequence[int], max_tokens: int, *,
+           keep_logits: bool = False) -> dict[str, Any]:
+    """Greedy decoding with a per-token `step(token, kv) -> logits`; the prompt is fed token by token.
+
+    Returns {"prompt_ids", "tokens" (generated ids), "logits" (float32 [len(prompt) + max_tokens - 1, V] of every
+    step when keep_logits)}.
+    """
+    prompt = [int(t) for t in prompt_ids]
+    if not prompt:
+        raise CoactError("empty prompt: give at least one token of text")
+    if int(max_tokens) <= 0:
+        raise CoactError(f"--max-tokens must be > 0, got {max_tokens}")
+    rows: list[torch.Tensor] = []
+    logits = None
+    for t in prompt:
+        logits = step(t, kv)
+        if keep_logits:
+            rows.append(logits.clone())
+    out: list[int] = []
+    for i in range(int(max_tokens)):
+        assert logits is not None
+        nxt = int(torch.argmax(logits))
+        out.append(nxt)
+        if i + 1 < int(max_tokens):
+            logits = step(nxt, kv)
+            if keep_logits:
+                rows.append(logits.clone())
+    res: dict[str, Any] = {"prompt_ids": prompt, "tokens": out}
+    if keep_logits:
+        res["logits"] = torch.stack(rows)
+    return res
+
+
+def stepwise_perplexity(step: Callable[[int, Any], torch.Tensor], new_kv: Callable[[], Any], stream: np.ndarray, *,
+                        start: int, tokens: int, ctx: int = 256) -> dict[str, Any]:
+    """Teacher-forced perplexity token by token with a KV cache (same windows and predictions as
+    :func:`coact.accuracy.perplexity`: c - 1 predictions per window of c tokens)."""
+    nll, n = 0.0, 0
+    for w in token_windows(stream, int(start), int(tokens), int(ctx)):
+        kv = new_kv()
+        for j in range(len(w) - 1):
+            logits = step(int(w[j]), kv).double()
+            nll -= float(torch.log_softmax(logits, -1)[int(w[j + 1])])
+            n += 1
+    if n == 0:
+        raise CoactError("no token to predict: every window has fewer than 2 tokens")
+    return {"ppl": float(np.exp(nll / n)), "nll": nll / n, "n_predicted": n, "n_tokens": int(tokens),
+            "ctx": int(ctx), "token_start": int(start)}
+
+
+def model_step(model: Any) -> Callable[[int, Any], torch.Tensor]:
+    """`step(token, kv) -> logits` of an in-memory HF model (the reference the flash model is compared with)."""
+    arg = _cache_kwarg(model)
+
+    def step(token: int, kv: Any) -> torch.Tensor:
+        with torch.inference_mode():
+            return model(input_ids=torch.tensor([[int(token)]]), use_cache=True, **{arg: kv}).logits[0, -1]
+
+    return step
+
+
+def new_kv_for(model: Any) -> Callable[[], Any]:
+    from transformers import DynamicCache
+
+    return lambda: DynamicCache(config=model.config)
+
+
+@contextmanager
+def rounded_ffn(handle: ModelHandle, dtype: str) -> Iterator[None]:
+    """Within the block, the model's up/down weights are rounded to the pack dtype (``fp16``: the values an fp16
+    pack holds; ``fp32``: unchanged); restored afterwards. The gate is never rounded (it stays resident)."""
+    if dtype == "fp32":
+        yield
+        return
+    if dtype != "fp16":
+        raise CoactError(f"unknown pack dtype {dtype!r}")
+    saved = []
+    for layer in range(handle.n_layers):
+        mlp = handle.mlp(layer)
+        for name in ("up_proj", "down_proj"):
+            w = getattr(mlp, name).weight
+            saved.append((w, w.data.clone()))
+            w.data.copy_(w.data.half().float())
+    try:
+        yield
+    finally:
+        for w, old in saved:
+            w.data.copy_(old)
+
+
+# --------------------------------------------------------------------------------------------- application
+def resolve_sparsifier(handle: ModelHandle, *, method: str | None = "cats", sparsity: float | None = None,
+                       thresholds_from: str | Path | None = None, corpus: str = "pydoc", calib_tokens: int = 1024,
+                       ctx: int = 256, stream: np.ndarray | None = None) -> Sparsifier | None:
+    """The sparsifier for the online engine: thresholds of a trace of the same model, or calibrated like
+    :func:`coact.workflow.measure_perplexity` on corpus tokens [0, calib_tokens) (needs the full model: call it
+    before the up/down weights are removed). ``method=None``: dense (no sparsifier)."""
+    if method is None:
+        return None
+    if thresholds_from is not None:
+        p = Path(thresholds_from)
+        if not p.exists():
+            raise CoactError(f"trace {p} not found")
+        ref = Trace.load(p)
+        if ref.model_id != handle.model_id:
+            raise TraceError(f"{p} was captured from {ref.model_id!r}, not {handle.model_id!r}")
+        sp_meta = ref.meta.get("sparsifier") or {}
+        thresholds = sp_meta.get("thresholds")
+        if not thresholds:
+            raise CoactError(f"missing thresholds: trace {p} records no CATS thresholds (sparsifier "
+                             f"{sp_meta.get('name')!r})")
+        return get_sparsifier("cats", sparsity=float(sp_meta.get("sparsity", 0.5)), thresholds=thresholds)
+    if sparsity is None:
+        raise CoactError("missing thresholds: give --thresholds-from TRACE or --sparsity S")
+    sp = get_sparsifier(method, sparsity=sparsity)
+    if sp.needs_calibration:
+        if stream is None:
+            stream = tokenize(load_text(corpus), handle.tokenizer)
+        sp.calibrate(forward_activations(handle, token_windows(stream, 0, int(calib_tokens), int(ctx))))
+    return sp
+
+
+def open_flash_model(pack: str | Path, *, model: str = "smollm2", method: str | None = "cats",
+                     sparsity: float | None = None, thresholds_from: str | Path | None = None,
+                     corpus: str = "pydoc", calib_tokens: int = 1024, budget: float = 0.1, policy: str = "lru",
+                     engine: str = "threads:16", collapse: int | str = 0, cost: str | Path | None = None,
+                     prefetch: bool = True, predictor: str = "post", margin: float = 1.0,
+                     dense: bool = False) -> FlashModel:
+    """Validate the cheap inputs, load the model, resolve the sparsifier (with the full model), then build the
+    :class:`FlashModel` (which removes up/down from DRAM)."""
+    check_budget(budget)
+    CACHES.entry(policy)
+    header = check_pack(pack)
+    if method is not None and thresholds_from is None and sparsity is None:
+        raise CoactError("missing thresholds: give --thresholds-from TRACE or --sparsity S")
+    cost_model = None
+    if cost is not None:
+        cost_model = CostModel.load(cost)
+    handle = load_model(model)
+    check_pack_model(pack, header, handle)
+    sp = resolve_sparsifier(handle, method=method, sparsity=sparsity, thresholds_from=thresholds_from,
+                            corpus=corpus, calib_tokens=calib_tokens)
+    return FlashModel(pack, handle, sparsifier=sp, budget=budget, policy=policy, engine=engine, collapse=collapse,
+                      cost_model=cost_model, prefetch=prefetch, predictor=predictor, margin=margin, dense=dense,
+                      copy_model=False)
+
+
+def run_generate(pack: str | Path, prompt: str, max_tokens: int, **kw: Any) -> dict[str, Any]:
+    """`coact generate --from PACK`: greedy generation from flash; the text and the speed report."""
+    if not prompt or not prompt.strip():
+        raise CoactError("empty prompt: give --prompt TEXT")
+    if int(max_tokens) <= 0:
+        raise CoactError(f"--max-tokens must be > 0, got {max_tokens}")
+    with open_flash_model(pack, **kw) as fm:
+        ids = fm.handle.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        if not ids:
+            raise CoactError("empty prompt: the text has no tokens")
+        res = fm.generate(ids, max_tokens)
+        text = fm.handle.tokenizer.decode(res["tokens"])
+        return {"prompt": prompt, "text": text, "tokens": res["tokens"], "n_prompt": len(ids),
+                "report": fm.report()}
+
+
+def run_flash_perplexity(pack: str | Path, *, corpus: str = "pydoc", tokens: int = 512, start: int | None = None,
+                         ctx: int = 256, calib_tokens: int = 1024, **kw: Any) -> dict[str, Any]:
+    """`coact perplexity --from PACK`: teacher-forced perplexity computed from flash, plus the speed report."""
+    with open_flash_model(pack, corpus=corpus, calib_tokens=calib_tokens, **kw) as fm:
+        sp = fm.sparsifier
+        if start is None:
+            start = calib_tokens
+        if (sp is not None and kw.get("thresholds_from") is None and kw.get("method", "cats") is not None
+                and int(start) < int(calib_tokens)):
+            raise CoactError(f"evaluated tokens [{start}, {start + tokens}) overlap the calibration tokens "
+                             f"[0, {calib_tokens}); use --start >= {calib_tokens} or --thresholds-from")
+        stream = tokenize(load_text(corpus), fm.handle.tokenizer)
+        res = fm.perplexity(stream, start=int(start), tokens=int(tokens), ctx=int(ctx))
+        return {"corpus": corpus, "flash": res, "sparsifier": None if sp is None else sp.params(),
+                "report": fm.report()}
+
+
+__all__ = ["FlashModel", "StreamedMLP", "TokenTiming", "PREDICTORS", "check_budget", "check_pack", "greedy",
+           "stepwise_perplexity", "model_step", "new_kv_for", "rounded_ffn", "resolve_sparsifier",
+           "open_flash_model", "run_generate", "run_flash_perplexity"]

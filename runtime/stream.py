@@ -1,0 +1,482 @@
+"""Streaming FFN bundles from a pack file during inference: the flash side of "run the model from flash".
+
+Why a module of its own: the replay (:mod:`runtime.replay`) issues the reads of a *recorded* trace and discards the
+bytes; an inference engine needs the bytes of the neurons the model asks for *now*, one (token, layer) at a time,
+decoded into weights, with a DRAM cache that really holds bundle data and reads that can start before the exact
+set is known. :class:`FlashFFNReader` is that, with no torch dependency (numpy in, numpy out), so any inference
+engine can use it; :mod:`coact.online` wires it into a transformers model.
+
+Per (token, layer), :meth:`FlashFFNReader.fetch` does (docs/DESIGN.md §2):
+
+1. ``S = cache.filter(layer, A)``: the load set (hits are served from the cache's DRAM slots);
+2. waits for the layer's prefetch, if one is in flight (:meth:`prefetch`), and takes from it the bundles of S it
+   read; the rest of S (the *misses* of the prediction) is read now: positions through the pack's layout inverse
+   -> runs -> access collapse (:func:`runtime.planner.plan_reads`) -> 4 KiB aligned byte ranges
+   (:func:`runtime.planner.byte_ranges`) -> one ``engine.submit`` with O_DIRECT (:mod:`runtime.engines`);
+3. ``cache.admit(layer, S, run_lengths)``; the admitted bundles are copied into the cache's slot pool;
+4. returns the decoded bundles of exactly the requested neurons, as float32 ``[k, parts, d_model]`` (fp16 packs
+   are widened exactly; gap bundles read by collapse and alignment are discarded).
+
+**Memory.** The cache's data live in one slot pool of ``capacity = budget_bytes // bundle_bytes`` bundles in the
+pack dtype (the DRAM budget, exactly), plus two layer-sized read buffers (one for the prefetch in flight, one for
+the misses). Each read buffer mirrors a layer's region in the pack (byte ``b`` of the region at byte ``b`` of the
+buffer), so a read lands where its bundles belong and decoding is a row gather, ``region[positions]``.
+
+**Slots follow the cache.** The cache protocol only says *which* bundles are resident (``filter``, ``resident``);
+the reader keeps a ``[layer, neuron] -> slot`` table. A slot is taken when a loaded bundle becomes resident and is
+given back lazily: when the free list runs out, one sweep over ``cache.resident(l)`` of every layer frees the slots
+of bundles the policy evicted (the pool is one budget for all layers, so evictions may hit any layer). Policies
+that are resident from the start (``pinned``) are read once at construction (:attr:`warmup`).
+
+**Prefetch.** ``prefetch(layer, predicted)`` hands the predicted neurons that the cache does not hold to a worker
+thread that reads them (same planning, its own buffer) while the caller computes (attention). The next
+``fetch(layer, ...)`` waits for it; the time it waited is *I/O wait*, the rest of the prefetch's read time was
+*hidden* behind compute. Prefetched bundles that are not in the true load set are discarded (counted as wasted
+bytes); the cache only ever sees the true load set, so prefetch never changes the cache's state nor the result.
+
+**Dense mode** (``dense=True``, the ``dense`` baseline of docs/DESIGN.md §5): every fetch reads the layer's whole
+region in 1 MiB requests (no cache, no prefetch) and decodes the requested neurons from it.
+"""
+from __future__ import annotations
+
+import mmap
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from runtime._closing import Closing
+from runtime.caches import Cache, NoCache
+from runtime.direct import drop_page_cache, has_o_direct
+from runtime.engines import Engine, engine_queue_depth, get_engine
+from runtime.errors import FlashError, PlanError
+from runtime.pack import PackFile
+from runtime.planner import ALIGN, byte_ranges, dense_plan, load_run_lengths, plan_reads
+
+_I64 = np.int64
+
+
+class StreamError(FlashError, ValueError):
+    """Bad input to the streaming reader (neuron ids out of range, a closed reader)."""
+
+
+@dataclass
+class TokenIO:
+    """What the flash side did for one token (all layers). Times in nanoseconds.
+
+    - ``active``: bundles requested (Σ|A|); ``hits``: served by the DRAM cache; ``loaded``: Σ|S| (read from flash,
+      by the prefetch or after it);
+    - ``reads``/``bytes_read``: I/O requests issued and bytes transferred (prefetch included, 4 KiB aligned,
+      collapse gaps included); ``bytes_requested`` = loaded x bundle_bytes;
+    - ``io_ns``: wall time of every submit (prefetch and misses); ``wait_ns``: time the caller was blocked on I/O
+      (miss reads plus waiting for the prefetch); ``hidden_ns`` = prefetch read time the caller did not wait for;
+    - ``predicted``: bundles the prefetch read (predicted and not cached); ``prefetch_used``: those in the load set
+      (precision = used / predicted, recall = used / loaded); ``wasted_bytes``: bytes of unused prefetched bundles.
+    """
+
+    active: int = 0
+    hits: int = 0
+    loaded: int = 0
+    reads: int = 0
+    bytes_read: int = 0
+    bytes_requested: int = 0
+    io_ns: int = 0
+    wait_ns: int = 0
+    hidden_ns: int = 0
+    predicted: int = 0
+    prefetch_used: int = 0
+    wasted_bytes: int = 0
+
+    def add(self, other: "TokenIO") -> None:
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+class _Prefetch:
+    """One prefetch in flight: the layer, the positions it reads (sorted) and, when done, its timings."""
+
+    __slots__ = ("layer", "neurons", "positions", "reads", "bytes_read", "io_ns", "error", "done")
+
+    def __init__(self, layer: int, neurons: np.ndarray, positions: np.ndarray):
+        self.layer = layer
+        self.neurons = neurons
+        self.positions = positions
+        self.reads = 0
+        self.bytes_read = 0
+        self.io_ns = 0
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+
+
+class _RegionBuffer:
+    """A page-aligned buffer that mirrors one layer region of the pack (grown to the largest region)."""
+
+    def __init__(self, nbytes: int):
+        self._mm = mmap.mmap(-1, max(-(-int(nbytes) // ALIGN) * ALIGN, ALIGN))  # page aligned, exact size
+        self.view = memoryview(self._mm)
+
+    def region(self, n: int, parts: int, d: int, dtype: np.dtype) -> np.ndarray:
+        """The buffer as bundles [n, parts, d] (bundle p of the region at row p)."""
+        return np.frombuffer(self.view, dtype=dtype, count=n * parts * d).reshape(n, parts, d)
+
+
+class FlashFFNReader(Closing):
+    """Reads the FFN bundles a model asks for from a pack file, through a DRAM cache, with O_DIRECT.
+
+    Args:
+        pack_path: a pack file (:mod:`runtime.pack`).
+        cache: a fresh :class:`runtime.caches.Cache` over this pack's bundle size (None: no cache). Its budget is
+            the DRAM the reader uses for cached bundles.
+        engine: engine spec (``"threads:16"``, ``"sync"``, ``"uring:32"``); the reader owns the engine.
+        collapse_gap: access-collapse threshold in bundles (0: off).
+        dense: read whole layer regions (the ``dense`` baseline); takes no cache and no prefetch.
+        drop_cache: drop the pack's pages from the page cache first (so no read is served from DRAM by the kernel).
+        engine_params: extra engine parameters.
+
+    Use per token: :meth:`begin_token`, then per layer optionally :meth:`prefetch` and always :meth:`fetch`;
+    :attr:`tokens` holds one :class:`TokenIO` per token.
+    """
+
+    def __init__(self, pack_path: str | os.PathLike[str], *, cache: Cache | None = None, engine: str = "threads:16",
+                 collapse_gap: int = 0, dense: bool = False, drop_cache: bool = True,
+                 engine_params: dict[str, Any] | None = None):
+        self.path = Path(pack_path)
+        self._engine: Engine | None = None
+        self._worker: threading.Thread | None = None
+        with PackFile(self.path) as pf:
+            self.header = dict(pf.header)
+            self.dtype = pf.dtype
+            self.np_dtype = pf.np_dtype
+            self.bundle = pf.bundle
+            self.schema: tuple[str, ...] = tuple(pf.header["schema"])
+            self.parts = pf.parts
+            self.d_model = pf.d_model
+            self.bundle_bytes = pf.bundle_bytes
+            self.n_layers = pf.n_layers
+            self.model_id = pf.model_id
+            self.layout_digest = pf.layout_digest
+            self.sizes = [pf.n_neurons(x) for x in range(pf.n_layers)]
+            self.bases = [pf.layer_offset(x) for x in range(pf.n_layers)]
+            self.ffn_bytes = sum(pf.layer_nbytes(x) for x in range(pf.n_layers))
+            self.inverses = [pf.inverse(x) for x in range(pf.n_layers)]
+        if int(collapse_gap) < 0:
+            raise PlanError(f"collapse gap must be >= 0, got {collapse_gap}")
+        self.collapse_gap = int(collapse_gap)
+        self.dense = bool(dense)
+        if dense and cache is not None and not isinstance(cache, NoCache):
+            raise PlanError("the dense plan reads whole layers; it takes no cache")
+        self.cache: Cache = cache if cache is not None else NoCache(0, self.bundle_bytes)
+        if int(self.cache.bundle_bytes) != self.bundle_bytes:
+            raise StreamError(f"cache bundle_bytes {self.cache.bundle_bytes} != pack bundle_bytes {self.bundle_bytes}")
+        self._wants_runs = bool(getattr(self.cache, "wants_runs", False))
+        if drop_cache:
+            drop_page_cache(self.path)
+        self._engine = get_engine(engine, self.path, **(engine_params or {}))
+        self.engine_spec = engine
+        self.queue_depth = engine_queue_depth(self._engine)
+        fileno = getattr(self._engine, "fileno", None)
+        if fileno is not None and not has_o_direct(fileno()):
+            raise RuntimeError(f"engine {engine!r} did not open {self.path} with O_DIRECT")
+        region = max((-(-n * self.bundle_bytes // ALIGN)) * ALIGN for n in self.sizes)
+        self._miss_buf = _RegionBuffer(region)
+        self._pf_buf = _RegionBuffer(region)
+        self.capacity = int(getattr(self.cache, "capacity", int(self.cache.budget_bytes) // self.bundle_bytes))
+        self._pool = np.empty((self.capacity, self.parts, self.d_model), dtype=self.np_dtype)
+        self._slot = np.full((self.n_layers, max(self.sizes, default=0)), -1, dtype=_I64)
+        self._free: list[int] = list(range(self.capacity - 1, -1, -1))
+        self.tokens: list[TokenIO] = []
+        self.warmup = TokenIO()
+        self._pending: _Prefetch | None = None
+        self._lock = threading.Lock()
+        self._go = threading.Condition(self._lock)
+        self._job: _Prefetch | None = None
+        self._stop = False
+        self._io_lock = threading.Lock()  # one submit at a time on the engine
+        self._worker = threading.Thread(target=self._prefetch_loop, name="coact-prefetch", daemon=True)
+        self._worker.start()
+        self._warm()
+
+    # ------------------------------------------------------------------------------------------------ accounting
+    @property
+    def dram_bytes(self) -> int:
+        """DRAM the reader holds for weights: the cache's slot pool plus the two layer-sized read buffers."""
+        return int(self._pool.nbytes + len(self._miss_buf.view) + len(self._pf_buf.view))
+
+    @property
+    def cache_bytes(self) -> int:
+        """Bytes of the cache's slot pool (= budget rounded down to whole bundles)."""
+        return int(self._pool.nbytes)
+
+    def begin_token(self) -> TokenIO:
+        """Start the accounting of a new token; returns its :class:`TokenIO` (also appended to :attr:`tokens`)."""
+        t = TokenIO()
+        self.tokens.append(t)
+        return t
+
+    def _cur(self) -> TokenIO:
+        return self.tokens[-1] if self.tokens else self.begin_token()
+
+    def describe(self) -> dict[str, Any]:
+        return {"pack": str(self.path), "dtype": self.dtype, "bundle": self.bundle, "bundle_bytes": self.bundle_bytes,
+                "engine": self.engine_spec, "queue_depth": self.queue_depth, "collapse_gap": self.collapse_gap,
+                "dense": self.dense, "cache": self.cache.describe(), "cache_bytes": self.cache_bytes,
+                "dram_bytes": self.dram_bytes, "ffn_bytes": self.ffn_bytes}
+
+    # ------------------------------------------------------------------------------------------------ planning
+    def _check(self, layer: int, neurons: Any) -> np.ndarray:
+        if self._engine is None:
+            raise StreamError("reader is closed")
+        if not 0 <= int(layer) < self.n_layers:
+            raise StreamError(f"layer {layer} out of range (pack has {self.n_layers} layers)")
+        ids = np.asarray(neurons, dtype=_I64).reshape(-1)
+        n = self.sizes[int(layer)]
+        if ids.size and (ids.min() < 0 or ids.max() >= n):
+            raise StreamError(f"neuron ids out of range [0, {n}) for layer {layer}")
+        return ids
+
+    def _plan(self, layer: int, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Byte ranges (absolute offsets, sizes) reading sorted unique `positions` of `layer`."""
+        base = self.bases[layer]
+        if self.dense:
+            return dense_plan(self.sizes[layer], self.bundle_bytes, base)
+        if positions.size == 0:
+            return np.empty(0, dtype=_I64), np.empty(0, dtype=_I64)
+        starts, lengths = plan_reads(positions, self.collapse_gap)
+        return byte_ranges(starts, lengths, base, self.bundle_bytes)
+
+    def _read(self, layer: int, positions: np.ndarray, buf: _RegionBuffer) -> tuple[int, int, int]:
+        """Read `positions` of `layer` into `buf` (region mirror): (requests, bytes, submit ns)."""
+        offs, sizes = self._plan(layer, positions)
+        if offs.size == 0:
+            return 0, 0, 0
+        base = self.bases[layer]
+        v = buf.view
+        out = [v[o - base : o - base + s] for o, s in zip(offs.tolist(), sizes.tolist())]
+        assert self._engine is not None
+        with self._io_lock:
+            t0 = time.perf_counter_ns()
+            self._engine.submit(offs.tolist(), sizes.tolist(), out=out)
+            dt = time.perf_counter_ns() - t0
+        return int(offs.size), int(sizes.sum()), dt
+
+    def _region(self, layer: int, buf: _RegionBuffer) -> np.ndarray:
+        return buf.region(self.sizes[layer], self.parts, self.d_model, self.np_dtype)
+
+    # ------------------------------------------------------------------------------------------------ prefetch
+    def _prefetch_loop(self) -> None:
+        while True:
+            with self._go:
+                while self._job is None and not self._stop:
+                    self._go.wait()
+                if self._stop:
+                    return
+                job, self._job = self._job, None
+            assert job is not None
+            try:
+                job.reads, job.bytes_read, job.io_ns = self._read(job.layer, job.positions, self._pf_buf)
+            except BaseException as e:  # re-raised by the caller in wait()
+                job.error = e
+            job.done.set()
+
+    def prefetch(self, layer: int, neurons: Any) -> int:
+        """Start reading the bundles of `neurons` of `layer` that the cache does not hold, in the background.
+
+        Returns the number of bundles it will read. A prefetch already in flight is waited for (and, if it was for
+        another layer, discarded) first. No-op in dense mode.
+        """
+        ids = self._check(layer, neurons)
+        self.wait()
+        if self.dense or ids.size == 0:
+            return 0
+        layer = int(layer)
+        ids = np.unique(ids)
+        res = self.cache.resident(layer)
+        if res.size:
+            ids = ids[~np.isin(ids, res, assume_unique=True)]
+        if ids.size == 0:
+            return 0
+        job = _Prefetch(layer, ids, np.sort(self.inverses[layer][ids]))
+        self._pending = job
+        with self._go:
+            self._job = job
+            self._go.notify()
+        return int(ids.size)
+
+    def wait(self) -> _Prefetch | None:
+        """Wait for the prefetch in flight (if any) and return it (no longer pending); its errors are raised here."""
+        job, self._pending = self._pending, None
+        if job is None:
+            return None
+        t0 = time.perf_counter_ns()
+        job.done.wait()
+        waited = time.perf_counter_ns() - t0
+        tok = self._cur()
+        tok.wait_ns += waited
+        tok.io_ns += job.io_ns
+        tok.hidden_ns += max(0, job.io_ns - waited)
+        tok.reads += job.reads
+        tok.bytes_read += job.bytes_read
+        tok.predicted += int(job.neurons.size)
+        if job.error is not None:
+            raise job.error
+        return job
+
+    # ---------------------------------------------------------------------------------------------------- fetch
+    def fetch(self, layer: int, neurons: Any) -> np.ndarray:
+        """The bundles of `neurons` (ids of `layer`, unique, any order) as float32 ``[k, parts, d_model]``, in the
+        order given; part j of row i is ``schema[j]`` of neuron ``neurons[i]`` (``down`` is column i of down)."""
+        ids = self._check(layer, neurons)
+        layer = int(layer)
+        tok = self._cur()
+        job = self.wait() if self._pending is not None else None
+        if job is not None and job.layer != layer:  # a prefetch for another layer: its bytes are wasted
+            tok.wasted_bytes += int(job.neurons.size) * self.bundle_bytes
+            job = None
+        k = ids.size
+        out = np.empty((k, self.parts, self.d_model), dtype=np.float32)
+        tok.active += k
+        if self.dense:
+            nreq, nbytes, dt = self._read(layer, np.empty(0, dtype=_I64), self._miss_buf)
+            tok.reads += nreq
+            tok.bytes_read += nbytes
+            tok.io_ns += dt
+            tok.wait_ns += dt
+            tok.loaded += k
+            tok.bytes_requested += k * self.bundle_bytes
+            if k:
+                out[:] = self._region(layer, self._miss_buf)[self.inverses[layer][ids]]
+            return out
+        if k == 0:
+            if job is not None:
+                tok.wasted_bytes += int(job.neurons.size) * self.bundle_bytes
+            return out
+        load = np.asarray(self.cache.filter(layer, ids), dtype=_I64)
+        inv = self.inverses[layer]
+        # hits: served from the slot pool
+        is_load = np.zeros(self.sizes[layer], dtype=bool)
+        is_load[load] = True
+        hit_rows = np.flatnonzero(~is_load[ids])
+        if hit_rows.size:
+            slots = self._slot[layer, ids[hit_rows]]
+            if np.any(slots < 0):  # pragma: no cover - the warm-up reads every initially resident bundle
+                raise RuntimeError(f"cache reported a hit without data (layer {layer})")
+            out[hit_rows] = self._pool[slots]
+        tok.hits += int(hit_rows.size)
+        tok.loaded += int(load.size)
+        tok.bytes_requested += int(load.size) * self.bundle_bytes
+        # loads: from the prefetch where it read them, else read now
+        from_pf = np.zeros(0, dtype=_I64)
+        if job is not None:
+            in_pf = np.zeros(self.sizes[layer], dtype=bool)
+            in_pf[job.neurons] = True
+            used = in_pf[load]
+            from_pf = load[used]
+            miss = load[~used]
+            tok.prefetch_used += int(from_pf.size)
+            tok.wasted_bytes += (int(job.neurons.size) - int(from_pf.size)) * self.bundle_bytes
+        else:
+            miss = load
+        if miss.size:
+            nreq, nbytes, dt = self._read(layer, np.sort(inv[miss]), self._miss_buf)
+            tok.reads += nreq
+            tok.bytes_read += nbytes
+            tok.io_ns += dt
+            tok.wait_ns += dt
+        row_of = np.empty(self.sizes[layer], dtype=_I64)
+        row_of[ids] = np.arange(k)
+        if from_pf.size:
+            out[row_of[from_pf]] = self._region(layer, self._pf_buf)[inv[from_pf]]
+        if miss.size:
+            out[row_of[miss]] = self._region(layer, self._miss_buf)[inv[miss]]
+        self._admit(layer, load, row_of, out)
+        return out
+
+    # ---------------------------------------------------------------------------------------------------- cache
+    def _admit(self, layer: int, load: np.ndarray, row_of: np.ndarray, out: np.ndarray) -> None:
+        if isinstance(self.cache, NoCache) or load.size == 0:
+            return
+        runs = load_run_lengths(self.inverses[layer], load) if self._wants_runs else None
+        self.cache.admit(layer, load, runs)
+        if self.capacity == 0:
+            return
+        res = self.cache.resident(layer)
+        new = load[np.isin(load, res, assume_unique=True)] if res.size else load[:0]
+        new = new[self._slot[layer, new] < 0]
+        if new.size == 0:
+            return
+        if new.size > len(self._free):
+            self._sweep()
+        if new.size > len(self._free):  # pragma: no cover - a policy over its budget
+            raise RuntimeError(f"cache {self.cache.name!r} holds more than its capacity of {self.capacity} bundles")
+        slots = np.array([self._free.pop() for _ in range(new.size)], dtype=_I64)
+        self._slot[layer, new] = slots
+        self._pool[slots] = out[row_of[new]]  # exact: the values came from the pack dtype
+
+    def _sweep(self) -> None:
+        """Give back the slots of bundles the policy no longer holds (any layer)."""
+        for x in range(self.n_layers):
+            held = np.flatnonzero(self._slot[x] >= 0)
+            if held.size == 0:
+                continue
+            res = self.cache.resident(x)
+            gone = held[~np.isin(held, res, assume_unique=True)] if res.size else held
+            if gone.size:
+                self._free.extend(self._slot[x, gone].tolist())
+                self._slot[x, gone] = -1
+
+    def _warm(self) -> None:
+        """Read the bundles a policy holds before any use (pinned hot sets) into the slot pool."""
+        if isinstance(self.cache, NoCache) or self.capacity == 0:
+            return
+        for x in range(self.n_layers):
+            res = np.asarray(self.cache.resident(x), dtype=_I64)
+            if res.size == 0:
+                continue
+            nreq, nbytes, dt = self._read(x, np.sort(self.inverses[x][res]), self._miss_buf)
+            self.warmup.reads += nreq
+            self.warmup.bytes_read += nbytes
+            self.warmup.io_ns += dt
+            self.warmup.loaded += int(res.size)
+            if res.size > len(self._free):  # pragma: no cover
+                raise RuntimeError("pinned set larger than the cache capacity")
+            slots = np.array([self._free.pop() for _ in range(res.size)], dtype=_I64)
+            self._slot[x, res] = slots
+            self._pool[slots] = self._region(x, self._miss_buf)[self.inverses[x][res]]
+
+    # ---------------------------------------------------------------------------------------------------- close
+    def close(self) -> None:
+        if getattr(self, "_worker", None) is not None:
+            with self._go:
+                self._stop = True
+                self._go.notify()
+            self._worker.join()  # type: ignore[union-attr]
+            self._worker = None
+        if getattr(self, "_engine", None) is not None:
+            self._engine.close()  # type: ignore[union-attr]
+            self._engine = None
+
+    def __repr__(self) -> str:
+        return (f"FlashFFNReader({str(self.path)!r}, bundle={self.bundle}, dtype={self.dtype}, "
+                f"cache={self.cache.name}, engine={self.engine_spec}, collapse={self.collapse_gap})")
+
+
+def summarize(tokens: Sequence[TokenIO]) -> dict[str, Any]:
+    """Totals and per-token means of a list of :class:`TokenIO`, plus prefetch precision/recall and hit rate."""
+    tot = TokenIO()
+    for t in tokens:
+        tot.add(t)
+    n = max(1, len(tokens))
+    out: dict[str, Any] = {"tokens": len(tokens), "total": tot.to_dict()}
+    out["per_token"] = {k: v / n for k, v in tot.to_dict().items()}
+    out["hit_rate"] = tot.hits / tot.active if tot.active else None
+    out["prefetch_precision"] = tot.prefetch_used / tot.predicted if tot.predicted else None
+    out["prefetch_recall"] = tot.prefetch_used / tot.loaded if tot.loaded else None
+    out["hidden_fraction"] = tot.hidden_ns / tot.io_ns if tot.io_ns else None
+    return out
