@@ -154,6 +154,71 @@ def sensitivity(handle: ModelHandle, stream: np.ndarray, quantiles: np.ndarray, 
     return dense, out
 
 
+def output_error_sensitivity(handle: ModelHandle, windows: list[np.ndarray], quantiles: np.ndarray, *,
+                             batch: int = 4, progress: ProgressFn | None = None) -> np.ndarray:
+    """A cheap proxy of :func:`sensitivity` from ONE dense forward: [L, levels] relative error that masking layer l
+    at each level adds to the residual stream, ``sum ||down[:, dropped] (a * u)[dropped]||^2 / sum ||h||^2`` over
+    the tokens of ``windows`` (``h``: the hidden state entering the layer; ``u = up(x)`` for gated MLPs, 1 for
+    plain ones).
+
+    Why a proxy: measuring the perplexity cost of every (layer, level) takes L x levels forward passes (minutes on
+    two cores); the output error needs one. It ranks layers the way the true cost does when the error of a layer
+    propagates alike through the rest of the network; :func:`allocated_operating_point` corrects the overall scale
+    against the measured perplexity, so only the ranking matters.
+    """
+    L, K = quantiles.shape
+    err = np.zeros((L, K))
+    norm = np.zeros(L)
+    layers = [_find_decoder_layers(handle)[l] for l in range(L)]
+    weights = [handle.ffn_weights(l) for l in range(L)]
+    up = [torch.from_numpy(w["up"]) for w in weights] if handle.gated else None
+    down = [torch.from_numpy(w["down"]) for w in weights]
+    x_in: dict[int, torch.Tensor] = {}
+    hooks = []
+    for l in range(L):
+        def pre_layer(_m: Any, args: Any, kwargs: Any = None, l: int = l) -> None:
+            h = args[0] if args else kwargs["hidden_states"]
+            norm[l] += float((h.float() ** 2).sum())
+
+        def pre_mlp(_m: Any, args: Any, l: int = l) -> None:
+            x_in[l] = args[0].detach().reshape(-1, args[0].shape[-1]).float()
+
+        hooks.append(layers[l].register_forward_pre_hook(pre_layer, with_kwargs=True))
+        hooks.append(handle.mlp(l).register_forward_pre_hook(pre_mlp))
+
+    def on_act(l: int, a: torch.Tensor) -> None:
+        a2 = a.detach().reshape(-1, a.shape[-1]).float()
+        contrib = a2 * (x_in[l] @ up[l].T) if up is not None else a2
+        mag = a2.abs()
+        for k in range(K):
+            dropped = contrib * (mag <= float(quantiles[l, k]))
+            err[l, k] += float(((dropped @ down[l].T) ** 2).sum())
+
+    try:
+        with handle.act_hooks(on_act), torch.inference_mode():
+            for i in tracked(range(0, len(windows), batch), progress, "layer output error"):
+                group = [w for w in windows[i : i + batch] if len(w) == len(windows[i])]
+                handle.model(torch.as_tensor(np.stack(group), dtype=torch.long), use_cache=False)
+    finally:
+        for h in hooks:
+            h.remove()
+    return err / np.maximum(norm, 1e-30)[:, None]
+
+
+def _find_decoder_layers(handle: ModelHandle) -> list[Any]:
+    """The decoder blocks of ``handle`` (the parents of its MLPs)."""
+    model = handle.model
+    for chain in (("model", "layers"), ("transformer", "h"), ("gpt_neox", "layers"), ("model", "decoder", "layers")):
+        obj = model
+        for attr in chain:
+            obj = getattr(obj, attr, None)
+            if obj is None:
+                break
+        if obj is not None:
+            return list(obj)
+    raise ValueError(f"{type(model).__name__}: no decoder layers found")
+
+
 def allocate(sens: np.ndarray, levels: Sequence[float], budget_nll: float) -> np.ndarray:
     """Per-layer sparsities (on a 0.01 grid) maximising their mean subject to sum_l cost_l(s_l) <= budget_nll, with
     cost_l the measured sensitivity interpolated linearly (through (0, 0)) and made non-decreasing."""
@@ -224,28 +289,43 @@ def uniform_operating_point(handle: ModelHandle, stream: np.ndarray, acts: list[
 
 def allocated_operating_point(handle: ModelHandle, stream: np.ndarray, acts: list[torch.Tensor], budget: float, *,
                               start: int, tokens: int, ctx: int = 256, levels: Sequence[float] = SENSITIVITY_LEVELS,
-                              rounds: int = 4, sens: tuple[float, np.ndarray] | None = None,
+                              rounds: int = 8, sens: np.ndarray | None = None, proxy: bool = True,
+                              calib_windows: list[np.ndarray] | None = None,
                               progress: ProgressFn | None = None) -> tuple[OperatingPoint, np.ndarray]:
-    """Per-layer sparsities allocated by measured layer sensitivity within ``budget`` (see the section comment).
+    """Per-layer sparsities allocated by layer sensitivity within ``budget`` (see the section comment).
 
-    Returns the operating point and the sensitivity matrix (reusable for other budgets via ``sens``)."""
+    ``proxy`` (default): sensitivity is the layer output error of :func:`output_error_sensitivity` on
+    ``calib_windows`` (one forward pass); otherwise the measured perplexity cost of :func:`sensitivity` (L x levels
+    forward passes). Either way the scale is then searched (bisection in log space, ``rounds`` validation runs)
+    against the perplexity measured with every layer sparsified at once, so the result is within budget on the
+    validation tokens. Returns the operating point and the sensitivity matrix (reusable via ``sens``)."""
     quant = layer_quantiles(acts, np.asarray(levels))
-    dense_nll, s = sens if sens is not None else sensitivity(handle, stream, quant, levels, start=start,
-                                                             tokens=tokens, ctx=ctx, progress=progress)
+    dense_ppl = perplexity(handle, stream, start=start, tokens=tokens, ctx=ctx).ppl
+    if sens is not None:
+        s = sens
+    elif proxy:
+        if calib_windows is None:
+            raise ValueError("the proxy sensitivity needs the calibration windows")
+        s = output_error_sensitivity(handle, calib_windows, quant, progress=progress)
+    else:
+        s = sensitivity(handle, stream, quant, levels, start=start, tokens=tokens, ctx=ctx, progress=progress)[1]
     target = float(np.log1p(budget))
-    b = target
+    lo, hi = float(np.nanmin(s[s > 0])) * 1e-3 if np.any(s > 0) else 1e-9, float(np.nansum(s)) + 1.0
     best: tuple[np.ndarray, float] | None = None
-    dense_ppl = float(np.exp(dense_nll))
-    for _ in range(rounds):
+    for _ in tracked(range(rounds), progress, "allocation scale search"):
+        b = float(np.sqrt(lo * hi))
         sp = allocate(s, levels, b)
         ppl = perplexity(handle, stream, start=start, tokens=tokens, ctx=ctx,
                          sparsifier=_Thresholded(thresholds_for(acts, sp))).ppl
         real = float(np.log(ppl / dense_ppl))
-        if real <= target and (best is None or sp.mean() > best[0].mean()):
-            best = (sp, ppl)
-        b = b * target / max(real, 1e-9) if real > 0 else b * 2  # correct for interactions
+        if real <= target:
+            lo = b
+            if best is None or sp.mean() > best[0].mean():
+                best = (sp, ppl)
+        else:
+            hi = b
     if best is None:  # never within budget: fall back to the most conservative allocation tried
-        sp = allocate(s, levels, target * 0.25)
+        sp = allocate(s, levels, lo)
         best = (sp, perplexity(handle, stream, start=start, tokens=tokens, ctx=ctx,
                                sparsifier=_Thresholded(thresholds_for(acts, sp))).ppl)
     sp = [float(x) for x in best[0]]

@@ -284,11 +284,13 @@ def choose_operating_point(
         raise CoactError(f"unknown allocation {allocation!r}; choose from {', '.join(ALLOCATIONS)}")
     handle = _model(model)
     stream = tokenize(load_text(corpus), handle.tokenizer)
-    acts = forward_activations(handle, token_windows(stream, int(start), int(calib_tokens), int(ctx)))
+    windows = token_windows(stream, int(start), int(calib_tokens), int(ctx))
+    acts = forward_activations(handle, windows)
     val = dict(start=int(start) + int(calib_tokens), tokens=int(validation_tokens), ctx=int(ctx))
     if allocation == "uniform":
         return uniform_operating_point(handle, stream, acts, float(max_ppl_increase), progress=bars(progress), **val)
-    op, _ = allocated_operating_point(handle, stream, acts, float(max_ppl_increase), progress=bars(progress), **val)
+    op, _ = allocated_operating_point(handle, stream, acts, float(max_ppl_increase), calib_windows=windows,
+                                      progress=bars(progress), **val)
     return op
 
 
