@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from coact.corpus import token_windows
-from coact.models import ModelHandle
+from coact.models import ModelHandle, decoder_layers
 from coact.sparsify import Sparsifier
 from common.progress import ProgressFn, tracked
 
@@ -169,7 +169,7 @@ def output_error_sensitivity(handle: ModelHandle, windows: list[np.ndarray], qua
     L, K = quantiles.shape
     err = np.zeros((L, K))
     norm = np.zeros(L)
-    layers = [_find_decoder_layers(handle)[l] for l in range(L)]
+    layers = decoder_layers(handle.model)
     weights = [handle.ffn_weights(l) for l in range(L)]
     up = [torch.from_numpy(w["up"]) for w in weights] if handle.gated else None
     down = [torch.from_numpy(w["down"]) for w in weights]
@@ -203,20 +203,6 @@ def output_error_sensitivity(handle: ModelHandle, windows: list[np.ndarray], qua
         for h in hooks:
             h.remove()
     return err / np.maximum(norm, 1e-30)[:, None]
-
-
-def _find_decoder_layers(handle: ModelHandle) -> list[Any]:
-    """The decoder blocks of ``handle`` (the parents of its MLPs)."""
-    model = handle.model
-    for chain in (("model", "layers"), ("transformer", "h"), ("gpt_neox", "layers"), ("model", "decoder", "layers")):
-        obj = model
-        for attr in chain:
-            obj = getattr(obj, attr, None)
-            if obj is None:
-                break
-        if obj is not None:
-            return list(obj)
-    raise ValueError(f"{type(model).__name__}: no decoder layers found")
 
 
 def allocate(sens: np.ndarray, levels: Sequence[float], budget_nll: float) -> np.ndarray:

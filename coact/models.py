@@ -49,7 +49,7 @@ def smollm2_gguf_path() -> Path:
     return path
 
 
-def _find_layers(model: Any) -> list[Any]:
+def decoder_layers(model: Any) -> list[Any]:
     for chain in (("model", "layers"), ("transformer", "h"), ("gpt_neox", "layers"), ("model", "decoder", "layers")):
         obj = model
         for attr in chain:
@@ -83,7 +83,7 @@ class ModelHandle:
     gated: bool
 
     def mlp(self, layer: int) -> Any:
-        return _find_layers(self.model)[layer].mlp
+        return decoder_layers(self.model)[layer].mlp
 
     def act_module(self, layer: int) -> Any:
         """The module whose forward output is the pre-sparsity activation of the layer's neurons."""
@@ -125,7 +125,7 @@ class ModelHandle:
 
 
 def _describe(model: Any, tokenizer: Any, model_id: str, source: str) -> ModelHandle:
-    layers = _find_layers(model)
+    layers = decoder_layers(model)
     mlp = getattr(layers[0], "mlp", None)
     if mlp is None:
         raise ModelError(f"{type(model).__name__}: decoder layers have no .mlp")

@@ -46,7 +46,7 @@ from torch import nn
 
 from coact.corpus import load_text, token_windows, tokenize
 from coact.errors import CoactError, TraceError
-from coact.models import ModelHandle, _find_layers, load_model
+from coact.models import ModelHandle, decoder_layers, load_model
 from coact.sparsify import Sparsifier, get_sparsifier
 from coact.trace import Trace, forward_activations
 from runtime.caches import CACHES, get_cache
@@ -122,8 +122,8 @@ class FlashModel:
         handle = load_model(model) if isinstance(model, str) else model
         check_pack_model(pack, header, handle)
         self._align = [(m.up_proj.weight.data_ptr() % 64, m.down_proj.weight.data_ptr() % 64)
-                       for m in (layer.mlp for layer in _find_layers(handle.model))]
-        for m in (layer.mlp for layer in _find_layers(handle.model)):
+                       for m in (layer.mlp for layer in decoder_layers(handle.model))]
+        for m in (layer.mlp for layer in decoder_layers(handle.model)):
             if m.up_proj.bias is not None or m.down_proj.bias is not None:
                 raise CoactError("the online engine does not support MLP biases")
         if copy_model and not isinstance(model, str):
@@ -144,7 +144,7 @@ class FlashModel:
         gap = resolve_collapse(collapse, bundle_bytes=bb, cost_model=cost_model,
                                queue_depth=_queue_depth(engine))
         self.reader = FlashFFNReader(pack, cache=cache, engine=engine, collapse_gap=gap, dense=dense)
-        self._layers = _find_layers(self.model)
+        self._layers = decoder_layers(self.model)
         self.dropped: list[weakref.ref] = []  # the removed up/down weights (tests check they are freed)
         self._hooks = []
         for i, layer in enumerate(self._layers):
