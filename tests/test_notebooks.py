@@ -76,6 +76,7 @@ def _module_exists(name: str) -> bool:
 @pytest.mark.parametrize("name", [
     "01_coactivation.ipynb",
     pytest.param("02_solver_comparison.ipynb", marks=pytest.mark.disk),  # real O_DIRECT replay
+    "03_accuracy.ipynb",
 ])
 def test_notebook_runs_clean_and_writes_figures(name: str, tmp_path: Path, jupyter_path: Path) -> None:
     work = tmp_path / "run"
