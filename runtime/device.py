@@ -39,7 +39,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 from scipy.optimize import nnls
 
-from common.atomic import atomic_path
+from common.atomic import atomic_path, check_output
 from common.progress import ProgressFn, notify
 from runtime.direct import ALIGN, DirectFile, drop_page_cache, filesystem_type, has_o_direct
 from runtime.errors import DeviceError
@@ -382,13 +382,14 @@ class CostModel:
         return cls(qs, *[[float(x) for x in d[k]] for k in lists], float(d["seq_bandwidth"]), dict(d.get("meta", {})))
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the model as JSON (atomically)."""
+        """Write the model as JSON (atomically); an existing file is replaced only if it is a cost model."""
+        check_output(path, kind="cost model", is_kind=is_cost_model_file)
         with atomic_path(path) as tmp:
             tmp.write_text(json.dumps(self.to_dict(), indent=1))
         return Path(path)
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> "CostModel":
+    def load(cls, path: str | os.PathLike[str]) -> "CostModel":  # noqa: D102 - documented below
         """Read a model written by :meth:`save` (raises :class:`DeviceError` naming the file on a bad or missing
         file)."""
         try:
@@ -479,3 +480,13 @@ def plot_profile(profile: DeviceProfile | CostModel, path: str | os.PathLike[str
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)
+
+
+def is_cost_model_file(path: Path) -> bool:
+    """Whether ``path`` is a cost-model JSON written by :meth:`CostModel.save` (small, with our format name)."""
+    try:
+        if not path.is_file() or path.stat().st_size > (1 << 20):
+            return False
+        return json.loads(path.read_text()).get("format") == FORMAT_NAME
+    except (OSError, ValueError, AttributeError):
+        return False

@@ -602,3 +602,20 @@ def test_artefacts_follow_the_umask(tmp_path: Path, umask: int) -> None:
     assert mode(lay) == mode(pk) == 0o666 & ~umask
     assert mode(sd) == 0o777 & ~umask
     assert all(mode(f) == 0o666 & ~umask for f in sd.iterdir())
+
+
+def test_cost_model_never_replaces_an_unrelated_file(tmp_path):
+    """`device-profile --out` (CostModel.save) may replace a cost model, never another file."""
+    from common.errors import UserError
+    from runtime.device import CostModel
+
+    cm = CostModel.synthetic(queue_depths=(1, 16))
+    other = tmp_path / "notes.json"
+    other.write_text('{"mine": 1}')
+    with pytest.raises(UserError):
+        cm.save(other)
+    assert other.read_text() == '{"mine": 1}'
+    ok = tmp_path / "cost.json"
+    cm.save(ok)
+    cm.save(ok)  # replacing a cost model is fine
+    assert CostModel.load(ok).per_request_s == cm.per_request_s
