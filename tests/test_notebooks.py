@@ -128,7 +128,8 @@ def test_sample_is_intact_and_reproducible() -> None:
         assert t.n_tokens == m[key]["n_tokens"] and t.model_id == trace.model_id
         assert t.meta["sparsifier"]["thresholds"] == trace.meta["sparsifier"]["thresholds"]
     size = sum(f.stat().st_size for f in (REPO / "data").rglob("*") if f.is_file())
-    assert size < 12e6, f"data/ is {size / 1e6:.1f} MB; keep the committed sample small"
+    # Two operating points of the same text (90 % stress in sample/, +20 % budget in sample_b20/) at ~9 MB each.
+    assert size < 20e6, f"data/ is {size / 1e6:.1f} MB; keep the committed sample small"
 
 
 def test_sample_layer_subset_matches_full_statistics() -> None:

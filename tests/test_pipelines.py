@@ -194,7 +194,8 @@ def _write_trace(path: Path, packed: np.ndarray) -> Path:
     ds = datasets.Dataset.from_dict({"active": list(packed), "token_id": [0] * T, "pos": list(range(T))},
                                     features=_features(nl, nb))
     ds.save_to_disk(str(path))
-    meta = {**FORMAT, "model_id": "toy", "n_layers": nl, "n_neurons": N, "d_model": D, "n_tokens": T}
+    meta = {**FORMAT, "version": 1, "model_id": "toy", "n_layers": nl, "n_neurons": N, "d_model": D, "n_tokens": T,
+            "sparsifier": {"name": "cats", "sparsity": 0.9}}  # a version-1 trace: structure checks only
     (path / META_FILE).write_text(json.dumps(meta))
     return path
 
