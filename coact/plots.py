@@ -15,10 +15,12 @@ class Panel:
     title: str
     color: str = "tab:blue"
     log: bool = False
+    #: an optional (value, label) drawn as a dashed horizontal line, e.g. the dense baseline
+    reference: tuple[float, str] | None = None
 
 
 def bar_panels(names: Sequence[str], panels: Sequence[Panel], path: str | Path, *, rotation: int = 20,
-               width_per_panel: float = 4.4) -> Path:
+               width_per_panel: float = 4.4, suptitle: str | None = None) -> Path:
     """Draw `panels` side by side (headless, Agg) and save them as a PNG at `path`."""
     import matplotlib
 
@@ -33,6 +35,12 @@ def bar_panels(names: Sequence[str], panels: Sequence[Panel], path: str | Path, 
         ax.set_ylabel(p.ylabel)
         ax.set_title(p.title)
         ax.tick_params(axis="x", rotation=rotation)
+        if p.reference is not None:
+            ax.axhline(p.reference[0], color="k", ls="--", lw=1)
+            ax.annotate(p.reference[1], (0.01, p.reference[0]), xycoords=("axes fraction", "data"),
+                        textcoords="offset points", xytext=(0, 3), fontsize=8)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
