@@ -48,8 +48,8 @@ def main() -> None:
     ap.add_argument("--validation", type=int, default=512)
     ap.add_argument("--eval-tokens", type=int, default=2048)
     ap.add_argument("--budgets", default="0.05,0.2")
-    ap.add_argument("--exact", action="store_true", help="measured per-layer perplexity cost instead of the "
-                                                          "layer-output-error proxy (30 x 5 forward passes)")
+    ap.add_argument("--proxy", action="store_true", help="the one-pass layer-output-error proxy instead of the "
+                                                          "measured per-layer cost (worse here; see BENCHMARKS.md §0)")
     ap.add_argument("--skip-frontier", action="store_true")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -79,7 +79,7 @@ def main() -> None:
     for budget in (float(b) for b in args.budgets.split(",")):
         uni = uniform_operating_point(h, stream, acts, budget, progress=bars(True), **val)
         alloc, s = allocated_operating_point(h, stream, acts, budget, sens=sens, calib_windows=windows,
-                                             proxy=not args.exact, progress=bars(True), **val)
+                                             proxy=args.proxy, progress=bars(True), **val)
         sens = s
         for op in (uni, alloc):
             r = perplexity(h, stream, sparsifier=_Thresholded(thresholds_for(acts, op.sparsity)), **ev)
@@ -90,7 +90,7 @@ def main() -> None:
             print(json.dumps({k: v for k, v in row.items() if k != "per_layer"}), flush=True)
         res["sensitivity"] = s.tolist()
         res["sensitivity_levels"] = list(SENSITIVITY_LEVELS)
-        res["sensitivity_kind"] = "measured NLL increase" if args.exact else "layer output error (proxy)"
+        res["sensitivity_kind"] = "layer output error (proxy)" if args.proxy else "measured NLL increase"
     res["seconds"] = time.time() - t0
     (args.out / "accuracy.json").write_text(json.dumps(res, indent=1))
     plot(res, args.out / "frontier.png")

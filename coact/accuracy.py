@@ -275,12 +275,12 @@ def uniform_operating_point(handle: ModelHandle, stream: np.ndarray, acts: list[
 
 def allocated_operating_point(handle: ModelHandle, stream: np.ndarray, acts: list[torch.Tensor], budget: float, *,
                               start: int, tokens: int, ctx: int = 256, levels: Sequence[float] = SENSITIVITY_LEVELS,
-                              rounds: int = 8, sens: np.ndarray | None = None, proxy: bool = True,
+                              rounds: int = 8, sens: np.ndarray | None = None, proxy: bool = False,
                               calib_windows: list[np.ndarray] | None = None,
                               progress: ProgressFn | None = None) -> tuple[OperatingPoint, np.ndarray]:
     """Per-layer sparsities allocated by layer sensitivity within ``budget`` (see the section comment).
 
-    ``proxy`` (default): sensitivity is the layer output error of :func:`output_error_sensitivity` on
+    ``proxy``: sensitivity is the layer output error of :func:`output_error_sensitivity` on
     ``calib_windows`` (one forward pass); otherwise the measured perplexity cost of :func:`sensitivity` (L x levels
     forward passes). Either way the scale is then searched (bisection in log space, ``rounds`` validation runs)
     against the perplexity measured with every layer sparsified at once, so the result is within budget on the
