@@ -59,13 +59,14 @@ def compare_solvers(
     seed: int = 0,
     time_limit: float | None = None,
     with_bound: bool = True,
+    bound_time_limit: float | None = 60.0,
     out_dir: str | Path | None = None,
     progress: bool = True,
 ) -> Comparison:
     """Solve with every spec in `solvers` (baselines first), then score each layout on the profiling statistics
     (objective, gap to the bound) and on held-out tokens (simulated mean run length, reads/token, bytes read)."""
     specs = list(dict.fromkeys([*BASELINES, *solvers]))
-    bounds = model_bound(stats, progress=progress) if with_bound else []
+    bounds = model_bound(stats, progress=progress, time_limit=bound_time_limit) if with_bound else []
     bound = float(sum(bounds)) if bounds else None
     layouts = solve_layouts(stats, specs, None if out_dir is None else Path(out_dir) / "layouts", seed=seed,
                             time_limit=time_limit, progress=progress)
@@ -118,6 +119,7 @@ def run_compare(
     collapse: int = 0,
     time_limit: float | None = None,
     bound: bool = True,
+    bound_time_limit: float | None = 60.0,
     bundle: str = "up-down",
     dtype: str = "fp16",
     seed: int = 0,
@@ -142,7 +144,8 @@ def run_compare(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cmp = compare_solvers(st, tr.packed(start, stop), solvers, bundle_bytes=bb, collapse_gap=collapse, seed=seed,
-                          time_limit=time_limit, with_bound=bound, out_dir=out, progress=progress)
+                          time_limit=time_limit, with_bound=bound, bound_time_limit=bound_time_limit, out_dir=out,
+                          progress=progress)
     (out / "compare.json").write_text(json.dumps(cmp.to_dict(), indent=1, default=str))
     plot_solver_comparison(cmp, out / "compare.png")
     if not real:

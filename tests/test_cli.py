@@ -166,7 +166,7 @@ def test_compare_solvers(smollm2_trace, tmp_path):
     tr = smollm2_trace
     run("stats", tr.path, "--out", tmp_path / "stats", "--stop", "384")
     res = run("compare", "--stats", tmp_path / "stats", "--trace", tr.path, "--start", "384", "--solver",
-              "local-search", "--out", tmp_path / "cmp", "--time-limit", "1", "--json")
+              "local-search", "--out", tmp_path / "cmp", "--time-limit", "1", "--bound-time-limit", "3", "--json")
     rows = {r["solver"]: r for r in json.loads(res.output)}
     assert set(rows) == {"identity", "random", "frequency", "ripple", "local-search"}
     for r in rows.values():

@@ -280,6 +280,8 @@ def compare(
     collapse: int = typer.Option(0, help="Access-collapse gap in bundles for the held-out simulation."),
     time_limit: Optional[float] = typer.Option(None, help="Seconds per layer for searching solvers."),
     bound: bool = typer.Option(True, help="Compute the LP upper bound (gap column)."),
+    bound_time_limit: float = typer.Option(60.0, help="Seconds per layer for the LP bound (the bound stays proven "
+                                                      "when the LP stops early, only looser)."),
     bundle: str = typer.Option("up-down"),
     dtype: str = typer.Option("fp16"),
     seed: int = typer.Option(0),
@@ -299,7 +301,8 @@ def compare(
     """
     log = logger(json_out)
     cmp, real_res = run_compare(stats_dir, trace_dir, solver, out=out, start=start, stop=stop, collapse=collapse,
-                                time_limit=time_limit, bound=bound, bundle=bundle, dtype=dtype, seed=seed,
+                                time_limit=time_limit, bound=bound, bound_time_limit=bound_time_limit,
+                                bundle=bundle, dtype=dtype, seed=seed,
                                 real=real, budget=budget, repeats=repeats, model=model, cost=cost,
                                 progress=not json_out, log=log)
     if real_res is not None:
