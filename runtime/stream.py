@@ -329,6 +329,14 @@ class FlashFFNReader(Closing):
         return job
 
     # ---------------------------------------------------------------------------------------------------- fetch
+    def _blocking_read(self, tok: "TokenIO", layer: int, positions: np.ndarray) -> None:
+        """Read ``positions`` of ``layer`` into the miss buffer now; the caller waits for all of it."""
+        nreq, nbytes, dt = self._read(layer, positions, self._miss_buf)
+        tok.reads += nreq
+        tok.bytes_read += nbytes
+        tok.io_ns += dt
+        tok.wait_ns += dt
+
     def fetch(self, layer: int, neurons: Any) -> np.ndarray:
         """The bundles of `neurons` (ids of `layer`, unique, any order) as float32 ``[k, parts, d_model]``, in the
         order given; part j of row i is ``schema[j]`` of neuron ``neurons[i]`` (``down`` is column i of down)."""
@@ -343,11 +351,7 @@ class FlashFFNReader(Closing):
         out = np.empty((k, self.parts, self.d_model), dtype=np.float32)
         tok.active += k
         if self.dense:
-            nreq, nbytes, dt = self._read(layer, np.empty(0, dtype=_I64), self._miss_buf)
-            tok.reads += nreq
-            tok.bytes_read += nbytes
-            tok.io_ns += dt
-            tok.wait_ns += dt
+            self._blocking_read(tok, layer, np.empty(0, dtype=_I64))
             tok.loaded += k
             tok.bytes_requested += k * self.bundle_bytes
             if k:
@@ -384,11 +388,7 @@ class FlashFFNReader(Closing):
         else:
             miss = load
         if miss.size:
-            nreq, nbytes, dt = self._read(layer, np.sort(inv[miss]), self._miss_buf)
-            tok.reads += nreq
-            tok.bytes_read += nbytes
-            tok.io_ns += dt
-            tok.wait_ns += dt
+            self._blocking_read(tok, layer, np.sort(inv[miss]))
         row_of = np.empty(self.sizes[layer], dtype=_I64)
         row_of[ids] = np.arange(k)
         if from_pf.size:
