@@ -184,7 +184,7 @@ def output_error_sensitivity(handle: ModelHandle, windows: list[np.ndarray], qua
             x_in[l] = args[0].detach().reshape(-1, args[0].shape[-1]).float()
 
         hooks.append(layers[l].register_forward_pre_hook(pre_layer, with_kwargs=True))
-        hooks.append(handle.mlp(l).register_forward_pre_hook(pre_mlp))
+        hooks.append(handle.ffn_input(l).register_forward_pre_hook(pre_mlp))
 
     def on_act(l: int, a: torch.Tensor) -> None:
         a2 = a.detach().reshape(-1, a.shape[-1]).float()

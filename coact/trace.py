@@ -36,7 +36,7 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import datasets
 import numpy as np
@@ -62,6 +62,7 @@ MAX_NEURONS = 1 << 24
 MAX_TOKENS = 1 << 40
 _REQUIRED = {"model_id": str, "n_layers": int, "n_neurons": int, "n_tokens": int, "sparsifier": dict}
 _DIGEST_CHUNK = 4096
+FORWARDS = ("dense", "sparse")
 
 
 def _features(n_layers: int, nb: int) -> Any:
@@ -75,24 +76,34 @@ def _features(n_layers: int, nb: int) -> Any:
 
 
 @contextmanager
-def capture_activations(handle: Any) -> Iterator[list[list[torch.Tensor]]]:
-    """Forward hooks that collect act(gate(x)) of every layer: yields `bufs[l]`, a list of [B*S, N] tensors."""
+def capture_activations(handle: Any, sparsifier: Any = None) -> Iterator[list[list[torch.Tensor]]]:
+    """Forward hooks that collect act(gate(x)) of every layer: yields `bufs[l]`, a list of [B*S, N] tensors.
+
+    With ``sparsifier``, the model computes sparsely while recording (each layer's output is masked as the sparse
+    model masks it), so deeper layers see the inputs the sparse model gives them; the recorded activations are the
+    unmasked ones, from which the sparsifier's mask is re-derived exactly.
+    """
     bufs: list[list[torch.Tensor]] = [[] for _ in range(handle.n_layers)]
 
-    def record(layer: int, out: torch.Tensor) -> None:
+    def record(layer: int, out: torch.Tensor) -> torch.Tensor | None:
         bufs[layer].append(out.detach().reshape(-1, out.shape[-1]).float())
+        if sparsifier is None:
+            return None
+        return out * sparsifier.mask(layer, out).to(out.dtype)
 
     with handle.act_hooks(record):
         yield bufs
 
 
-def forward_activations(handle: Any, windows: list[np.ndarray], batch: int = 4) -> list[torch.Tensor]:
-    """Run windows and return per-layer activations [T, N] in window order.
+def forward_activations(handle: Any, windows: list[np.ndarray], batch: int = 4, *,
+                        sparsifier: Any = None) -> list[torch.Tensor]:
+    """Run windows and return per-layer activations [T, N] in window order (of the sparse forward with
+    ``sparsifier``, see :func:`capture_activations`).
 
     Consecutive windows of equal length run as one batch (bigger matmuls, ~1.5x faster on CPU); windows are
     independent sequences, so batching does not change any activation.
     """
-    with capture_activations(handle) as bufs, torch.inference_mode():
+    with capture_activations(handle, sparsifier) as bufs, torch.inference_mode():
         i = 0
         while i < len(windows):
             j = i + 1
@@ -118,6 +129,9 @@ class CaptureConfig:
     sparsity: float
     calib_tokens: int
     shard_tokens: int
+    #: "dense": record the dense model's activations (every layer sees dense inputs); "sparse": record while the
+    #: model computes sparsely, so layer l's active sets are those the sparse model (and the flash engine) meets.
+    forward: str = "dense"
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -130,9 +144,15 @@ def capture_trace(
     out: str | Path,
     *,
     thresholds: list[float] | None = None,
+    accuracy: Callable[[Any], dict[str, Any]] | None = None,
     progress: bool = True,
 ) -> "Trace":
-    """Capture a trace of tokens [start, start + n) of `stream` into `out` (resumable; see module docstring)."""
+    """Capture a trace of tokens [start, start + n) of `stream` into `out` (resumable; see module docstring).
+
+    ``accuracy(sparsifier)``, called once after calibration, measures what the sparsifier costs (held-out
+    perplexity, :func:`coact.workflow.capture`); its result is kept in ``run.json`` (a resumed capture does not
+    measure again) and stored as ``meta["accuracy"]``.
+    """
     datasets.disable_progress_bars()
 
     out = Path(out)
@@ -141,6 +161,8 @@ def capture_trace(
         if int(getattr(config, name)) < 1:
             raise TraceError(f"{name} must be >= 1, got {getattr(config, name)}")
     sp = get_sparsifier(config.method, sparsity=config.sparsity, thresholds=thresholds)
+    if config.forward not in FORWARDS:
+        raise TraceError(f"forward must be one of {', '.join(FORWARDS)}, got {config.forward!r}")
     if sp.needs_calibration and int(config.calib_tokens) < 1:
         raise TraceError(f"--calib-tokens must be >= 1 for {config.method} (its thresholds are calibrated on them), "
                          f"got {config.calib_tokens}")
@@ -149,7 +171,7 @@ def capture_trace(
     if partial.is_symlink() or (partial.exists() and not partial.is_dir()):
         raise TraceError(f"{partial} exists and is not a capture folder; remove it")
     with _capture_lock(partial, out):
-        return _capture_locked(handle, stream, config, out, partial, sp, windows, progress)
+        return _capture_locked(handle, stream, config, out, partial, sp, windows, progress, accuracy)
 
 
 def check_trace_output(out: Path) -> None:
@@ -217,7 +239,8 @@ def _shard_done(sdir: Path, run_id: str, rows: int) -> bool:
 
 
 def _capture_locked(handle: Any, stream: np.ndarray, config: CaptureConfig, out: Path, partial: Path, sp: Any,
-                    windows: list[np.ndarray], progress: bool) -> "Trace":
+                    windows: list[np.ndarray], progress: bool,
+                    accuracy: Callable[[Any], dict[str, Any]] | None = None) -> "Trace":
     check_trace_output(out)  # again, under the lock
     run_file = partial / RUN_FILE
     run = _read_run(partial)
@@ -231,7 +254,8 @@ def _capture_locked(handle: Any, stream: np.ndarray, config: CaptureConfig, out:
             calib = token_windows(stream, config.token_start, min(config.calib_tokens, config.n_tokens), config.ctx)
             sp.calibrate(forward_activations(handle, calib))
         run = {"format": RUN_FORMAT, "version": 1, "run_id": uuid.uuid4().hex, "config": config.to_dict(),
-               "sparsifier": sp.params(), "n_layers": handle.n_layers, "n_neurons": handle.n_neurons}
+               "sparsifier": sp.params(), "n_layers": handle.n_layers, "n_neurons": handle.n_neurons,
+               "accuracy": None if accuracy is None else accuracy(sp)}
         with atomic_path(run_file) as tmp_run:
             tmp_run.write_text(json.dumps(run))
     run_id = run["run_id"]
@@ -248,7 +272,7 @@ def _capture_locked(handle: Any, stream: np.ndarray, config: CaptureConfig, out:
             n_shard = sum(len(w) for w in shard)
             sdir = partial / f"shard_{k:05d}"
             if not _shard_done(sdir, run_id, n_shard):
-                acts = forward_activations(handle, shard)
+                acts = forward_activations(handle, shard, sparsifier=sp if config.forward == "sparse" else None)
                 masks = np.stack([sp.mask(layer, a).numpy() for layer, a in enumerate(acts)], axis=1)  # [T, L, N]
                 ds = datasets.Dataset.from_dict(
                     {
@@ -287,6 +311,7 @@ def _capture_locked(handle: Any, stream: np.ndarray, config: CaptureConfig, out:
         "d_model": handle.d_model,
         "sparsifier": sp.params(),
         "achieved_sparsity": [round(float(x), 6) for x in inactive],
+        "accuracy": run.get("accuracy"),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "content_digest": content_digest(staged),
     }
@@ -489,8 +514,14 @@ class Trace:
         return np.concatenate(flat).astype(np.uint8, copy=False).reshape(stop - start, self.n_layers, nb)
 
     def layer_packed(self, layer: int, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """Bit-packed active sets uint8 [T, ceil(N/8)] of one layer."""
-        return np.ascontiguousarray(self.packed(start, stop)[:, layer, :])
+        """Bit-packed active sets uint8 [T, ceil(N/8)] of one layer (sliced inside each memory-mapped arrow chunk,
+        so only this layer's bytes are copied: 1/L of :meth:`packed`, what per-layer statistics at 7B scale need)."""
+        start, stop = self._range(start, stop)
+        nb = n_packed_bytes(self.n_neurons)
+        col = self._ds.data.slice(start, stop - start).column("active")
+        parts = [(ch.storage if hasattr(ch, "storage") else ch).flatten().flatten().to_numpy(zero_copy_only=False)
+                 .reshape(-1, self.n_layers, nb)[:, layer, :] for ch in col.chunks]
+        return np.ascontiguousarray(np.concatenate(parts), dtype=np.uint8)
 
     def active(self, layer: int, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Boolean [T, N] active sets of one layer."""

@@ -17,13 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from coact.errors import CoactError
+from coact.export_model import is_gguf, model_summary
 from coact.stats import META_FILE as STATS_META, CoactStats
 from coact.trace import META_FILE as TRACE_META, verify_trace
 from common.fileio import safetensors_header
 from runtime.layout import FORMAT_NAME as LAYOUT_FORMAT, verify_layout
 from runtime.pack import MAGIC, OLD_MAGICS, PackFile
 
-KINDS = ("trace", "stats", "layout", "pack")
+KINDS = ("trace", "stats", "layout", "pack", "model")
 
 
 class VerifyError(CoactError):
@@ -42,6 +43,8 @@ def detect_kind(path: str | os.PathLike[str]) -> str:
             return "trace"
         if os.path.lexists(p / STATS_META):
             return "stats"
+        if os.path.lexists(p / "config.json"):
+            return "model"  # a transformers folder (coact export --format hf): which layout it carries
         raise VerifyError(f"{p}: not a coact artefact (a folder without {TRACE_META} or {STATS_META})")
     if not stat.S_ISREG(st.st_mode):
         raise VerifyError(f"{p}: not a regular file or folder")
@@ -49,6 +52,8 @@ def detect_kind(path: str | os.PathLike[str]) -> str:
         head = f.read(4096)
     if head[: len(MAGIC)] == MAGIC or head[: len(MAGIC)] in OLD_MAGICS:
         return "pack"
+    if is_gguf(p):
+        return "model"
     if head.startswith(b"layer,position,neuron") or head.startswith(b"PK"):
         return "layout"
     if head.lstrip()[:1] == b"{":
@@ -81,6 +86,8 @@ def verify_artefact(path: str | os.PathLike[str], kind: str | None = None) -> di
                    "model_id": st.meta.get("model_id"), "digest": st.digest}
     elif kind == "layout":
         summary = verify_layout(p)
+    elif kind == "model":
+        summary = model_summary(p)
     else:
         with PackFile(p) as pf:
             pf.verify()

@@ -15,11 +15,12 @@ import numpy as np
 from coact.accuracy import OperatingPoint, allocated_operating_point, perplexity, uniform_operating_point
 from coact.corpus import load_text, text_digest, token_windows, tokenize
 from coact.errors import CoactError, TraceError
+from coact.export_model import MODEL_FORMATS, export_model
 from coact.models import ModelHandle, load_model
 from coact.placement import layout_objective, solve_model
 from coact.progress import bars
 from coact.sparsify import get_sparsifier
-from coact.stats import CoactStats, StatsError, check_stats_output, compute_stats
+from coact.stats import CoactStats, StatsError, check_stats_output, compute_stats, count_stats
 from coact.trace import CaptureConfig, Trace, capture_trace, check_trace_output, forward_activations
 from common.atomic import check_output
 from runtime.caches import CACHES, get_cache
@@ -29,7 +30,8 @@ from runtime.replay import replay, simulate
 from runtime.report import Report
 from solvers import get_solver
 
-__all__ = ["capture", "count", "solve_layouts", "layout_objective", "check_compatible", "bundle_bytes", "pack",
+__all__ = ["capture", "held_out_accuracy", "accuracy_line", "count", "solve_layouts", "layout_objective",
+           "check_compatible", "bundle_bytes", "pack",
            "ensure_pack", "evaluate_layouts", "replay_pack", "export", "require", "measure_perplexity"]
 
 
@@ -60,9 +62,15 @@ def capture(
     shard_tokens: int = 2048,
     thresholds_from: str | Path | None = None,
     thresholds: Sequence[float] | None = None,
+    forward: str = "dense",
+    ppl_tokens: int = 512,
     progress: bool = True,
 ) -> Trace:
     """Capture a trace of `tokens` tokens of `corpus` from `start` (see :mod:`coact.trace`).
+
+    Every trace records what its sparsifier costs (``meta["accuracy"]``): dense and sparse perplexity on
+    ``ppl_tokens`` held-out tokens next to the captured range (:func:`held_out_range`; 0 skips the measurement).
+    ``forward="sparse"`` records the active sets of the sparse forward (see :class:`coact.trace.CaptureConfig`).
 
     `model` is a spec (`smollm2`, a local path) or an already loaded :class:`coact.models.ModelHandle`.
     `thresholds_from` reuses the CATS thresholds of another trace of the same model (so a held-out trace is
@@ -75,6 +83,8 @@ def capture(
     for name, value in (("--tokens", tokens), ("--ctx", ctx), ("shard_tokens", shard_tokens)):
         if int(value) < 1:
             raise TraceError(f"{name} must be >= 1, got {value}")
+    if int(ppl_tokens) < 0:
+        raise TraceError(f"--ppl-tokens must be >= 0, got {ppl_tokens}")
     if sp.needs_calibration and thresholds_from is None and thresholds is None and int(calib_tokens) < 1:
         raise TraceError(f"--calib-tokens must be >= 1 for {method} (its thresholds are calibrated on them), "
                          f"got {calib_tokens}")
@@ -98,14 +108,67 @@ def capture(
         sparsity=float(sparsity),
         calib_tokens=int(calib_tokens),
         shard_tokens=int(shard_tokens),
+        forward=forward,
     )
-    return capture_trace(handle, stream, cfg, out, thresholds=thresholds, progress=progress)
+    accuracy = None
+    if int(ppl_tokens) > 0:
+        def accuracy(sp: Any) -> dict[str, Any]:
+            return held_out_accuracy(handle, stream, sp, start=int(start), tokens=int(tokens),
+                                     ppl_tokens=int(ppl_tokens), ctx=int(ctx), progress=progress)
+    return capture_trace(handle, stream, cfg, out, thresholds=thresholds, accuracy=accuracy, progress=progress)
+
+
+def held_out_range(n_stream: int, start: int, tokens: int, ppl_tokens: int) -> tuple[int, int] | None:
+    """The tokens a trace's accuracy is measured on: the ``ppl_tokens`` right after the captured range
+    [start, start + tokens), else the ones right before it, else as many as fit after it (at least 64); None if
+    the corpus leaves no room. Why next to the range: same text, never the calibration or captured tokens."""
+    after = start + tokens
+    if after + ppl_tokens <= n_stream:
+        return after, ppl_tokens
+    if start >= ppl_tokens:
+        return start - ppl_tokens, ppl_tokens
+    if n_stream - after >= 64:
+        return after, n_stream - after
+    return None
+
+
+def held_out_accuracy(handle: ModelHandle, stream: np.ndarray, sparsifier: Any, *, start: int, tokens: int,
+                      ppl_tokens: int, ctx: int, progress: bool = True) -> dict[str, Any]:
+    """Dense and sparse perplexity of ``sparsifier`` on the held-out tokens of :func:`held_out_range`: the
+    perplexity cost a trace carries in its metadata."""
+    rng = held_out_range(len(stream), start, tokens, ppl_tokens)
+    if rng is None:
+        return {"measured": False, "reason": f"the corpus has no {ppl_tokens} tokens outside the captured range"}
+    h_start, h_tokens = rng
+    prog = bars(progress)
+    dense = perplexity(handle, stream, start=h_start, tokens=h_tokens, ctx=ctx, progress=prog)
+    sparse = perplexity(handle, stream, start=h_start, tokens=h_tokens, ctx=ctx, sparsifier=sparsifier,
+                        progress=prog)
+    return {"measured": True, "token_start": h_start, "n_tokens": h_tokens, "ctx": ctx,
+            "dense_ppl": round(dense.ppl, 6), "sparse_ppl": round(sparse.ppl, 6),
+            "ppl_cost": round(sparse.ppl / dense.ppl - 1.0, 6),
+            "sparse_mean_sparsity": round(float(np.mean(sparse.achieved_sparsity)), 6)}
+
+
+def accuracy_line(meta: dict[str, Any]) -> str:
+    """One line naming a trace's (or its statistics') perplexity cost, for reports: every run-length or speed
+    figure is shown with the accuracy it holds at."""
+    acc = meta.get("accuracy")
+    if not acc or not acc.get("measured"):
+        return "perplexity cost: not measured" + (f" ({acc['reason']})" if acc else " (trace from before v0.2)")
+    return (f"perplexity {acc['dense_ppl']:.2f} dense -> {acc['sparse_ppl']:.2f} sparse "
+            f"({acc['ppl_cost']:+.1%}) on {acc['n_tokens']} held-out tokens")
 
 
 # ----------------------------------------------------------------------------------------------------------- stats
 def count(trace: str | Path | Trace, out: str | Path | None = None, *, start: int = 0, stop: int | None = None,
+          top_k: int | None = None, dense: bool = False, executor: Any = None,
           progress: bool = True) -> CoactStats:
-    """Co-activation statistics of tokens [start, stop) of a trace, saved to ``out`` when given."""
+    """Co-activation statistics of tokens [start, stop) of a trace, saved to ``out`` when given.
+
+    ``top_k`` (or ``dense``) selects the per-layer scalable path (:func:`coact.stats.count_stats`: candidate graph
+    of the top-k partners per neuron, or dense counts, one executor job per layer); neither: dense in-process
+    counting (:func:`coact.stats.compute_stats`, small models)."""
     if out is not None:  # before counting: never replace an unrelated folder or the trace itself
         check_stats_output(out, inputs=() if isinstance(trace, Trace) else (trace,))
     tr = trace if isinstance(trace, Trace) else Trace.load(require(trace, "trace"))
@@ -115,7 +178,10 @@ def count(trace: str | Path | Trace, out: str | Path | None = None, *, start: in
     if n < 1:
         raise StatsError(f"token range [{start}, {stop if stop is not None else tr.n_tokens}) holds no tokens; "
                          "statistics over zero tokens carry no information")
-    st = compute_stats(tr, start=start, stop=stop, progress=progress)
+    if top_k is not None or dense:
+        st = count_stats(tr, start=start, stop=stop, top_k=top_k, dense=dense, executor=executor, progress=progress)
+    else:
+        st = compute_stats(tr, start=start, stop=stop, progress=progress)
     if out is not None:
         st.save(out)
     return st
@@ -190,6 +256,7 @@ def evaluate_layouts(layouts: Sequence[str | Path], trace: str | Path | Trace, *
     for lp, lay in lays:
         rep = simulate(lay, packed, tr.n_neurons, bundle_bytes=bb, collapse_gap=collapse)
         rows.append({"layout": str(lp), "solver": lay.solver, "n_tokens": int(packed.shape[0]),
+                     "accuracy": tr.meta.get("accuracy"),
                      **{k: v for k, v in rep.to_dict().items() if k != "per_layer"}})
     return rows
 
@@ -202,6 +269,7 @@ def pack(model: str | ModelHandle, layout: Layout, out: str | Path, *, bundle: s
     check_output(out, kind="pack file", is_kind=is_pack_file)  # only an existing pack may be replaced
     handle = _model(model)
     check_compatible(layout, handle, "model")
+    handle.check_bundle(bundle)  # a plain FFN has no gate: gate-up-down would store fc1 twice
     write_pack(out, handle.ffn_weights, layout, bundle=bundle, dtype=dtype, d_model=handle.d_model,
                progress=bars(progress))
     return Path(out)
@@ -243,13 +311,20 @@ def replay_pack(pack_file: str | Path, trace: str | Path | Trace, *, start: int 
     if cache_mb < 0:
         raise CoactError(f"--cache-mb must be >= 0, got {cache_mb}")
     cache = get_cache(policy, int(cache_mb * 1e6), bb) if policy != "none" or cache_mb else None
-    return replay(pack_file, layout, tr.packed(start, stop), collapse_gap=collapse, engine=engine, cache=cache,
-                  verify=verify, progress=bars(progress))
+    rep = replay(pack_file, layout, tr.packed(start, stop), collapse_gap=collapse, engine=engine, cache=cache,
+                 verify=verify, progress=bars(progress))
+    rep.config["accuracy"] = tr.meta.get("accuracy")  # the accuracy these reads serve (coact.workflow.capture)
+    return rep
 
 
-def export(layout: str | Path, fmt: str = "json", out: str | Path | None = None) -> Path:
-    """Export a layout file for an inference engine (json, csv, npz); returns the written path."""
+def export(layout: str | Path, fmt: str = "json", out: str | Path | None = None, model: str | None = None,
+           progress: bool = True) -> Path:
+    """Export a layout file for an inference engine (json, csv, npz), or the model with its FFN neurons in layout
+    order (hf, gguf: :mod:`coact.export_model`; default `model`: the named model the layout was made for)."""
     lay = load_layout(require(layout, "layout"))
+    if fmt in MODEL_FORMATS:
+        target = Path(out) if out is not None else Path(layout).with_suffix(".gguf" if fmt == "gguf" else ".hf")
+        return export_model(lay, fmt, model, target, progress=bars(progress))
     target = Path(out) if out is not None else Path(layout).with_suffix("." + fmt)
     return export_layout(lay, target, fmt)
 
@@ -352,6 +427,7 @@ def measure_perplexity(
 def capture_at_budget(model: str | ModelHandle, corpus: str, out: str | Path, *, max_ppl_increase: float,
                       allocation: str = "uniform", tokens: int, start: int = 0, ctx: int = 256,
                       calib_tokens: int = 1024, validation_tokens: int = 512, shard_tokens: int = 2048,
+                      forward: str = "dense", ppl_tokens: int = 512,
                       progress: bool = True) -> tuple[Trace, OperatingPoint]:
     """`coact trace --max-ppl-increase B`: choose the CATS operating point within the budget
     (:func:`choose_operating_point`, calibrated where the trace starts) and capture with its per-layer thresholds.
@@ -362,5 +438,6 @@ def capture_at_budget(model: str | ModelHandle, corpus: str, out: str | Path, *,
                                 progress=progress)
     tr = capture(handle, corpus, out, tokens=tokens, start=start, ctx=ctx, method="cats",
                  sparsity=min(max(op.mean_sparsity, 0.01), 0.99), calib_tokens=calib_tokens,
-                 shard_tokens=shard_tokens, thresholds=op.thresholds, progress=progress)
+                 shard_tokens=shard_tokens, thresholds=op.thresholds, forward=forward, ppl_tokens=ppl_tokens,
+                 progress=progress)
     return tr, op

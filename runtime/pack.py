@@ -26,8 +26,18 @@ region, so the JSON header stays small. ``zlib.crc32`` is in the standard librar
 
 Version 1 packs (magic ``COACTPK1``, no bundle checksums, unprotected header) are refused with a one-line
 "re-pack" error rather than read unchecked. A bundle is the
-concatenation of its parts, each `d_model` values: ``up[i, :], down[:, i]`` (``up-down``, the default: the gate stays
+concatenation of its parts, each `width` values: ``up[i, :], down[:, i]`` (``up-down``, the default: the gate stays
 in DRAM to predict the active set, as in CATS) or ``gate[i, :], up[i, :], down[:, i]`` (``gate-up-down``).
+
+**Biases** (GPT-2, NeoX, OPT, Phi-2, StarCoder2, BLOOM ... and gated FFNs with ``mlp_bias``): a neuron's per-neuron
+biases travel with it, so a pack holds everything its neurons contribute. When the weights have any per-neuron bias
+of a stored part (``gate_bias``, ``up_bias``: [N]), every part gets one more value (``width = d_model + 1``, header
+``"biases": true``): the gate row is followed by ``gate_bias[i]``, the up row by ``up_bias[i]``, and the down column
+by a zero (the down bias is one ``d_model`` vector added once per token, not per neuron: it stays resident with the
+model, like the norms). A part whose bias does not exist gets a zero. So ``FFN(x) = down_bias + sum_{i in S}
+down[:, i] * h_i`` with ``h_i`` computed from bundle i alone (plus, for ``up-down`` packs of gated FFNs, the
+resident gate and its bias). The cost is one value per part (4 bytes of a 2,308-byte fp16 bundle); packs of
+bias-free models are unchanged (``width = d_model``).
 """
 from __future__ import annotations
 
@@ -90,10 +100,11 @@ def _hex32(x: int) -> str:
 
 def _header_dict(
     layout: Layout, bundle: str, dtype: str, d_model: int, header_bytes: int, checksums: list[str],
-    perm_crc: str = "0" * 8, table_crc: str = "0" * 8,
+    perm_crc: str = "0" * 8, table_crc: str = "0" * 8, biases: bool = False,
 ) -> dict[str, Any]:
     parts = BUNDLES[bundle]
-    bb = len(parts) * d_model * DTYPES[dtype].itemsize
+    width = d_model + int(biases)
+    bb = len(parts) * width * DTYPES[dtype].itemsize
     sizes = layout.n_neurons
     perm_offset = header_bytes
     perm_nbytes = 4 * sum(sizes)
@@ -114,6 +125,8 @@ def _header_dict(
         "parts": len(parts),
         "bundle_bytes": bb,
         "d_model": int(d_model),
+        "width": int(width),
+        "biases": bool(biases),
         "n_layers": layout.n_layers,
         "n_neurons": sizes,
         "alignment": ALIGN,
@@ -150,12 +163,12 @@ def bundle_crcs(data: bytes | memoryview, bundle_bytes: int) -> np.ndarray:
                        dtype=np.uint32, count=n)
 
 
-def _plan_header(layout: Layout, bundle: str, dtype: str, d_model: int) -> dict[str, Any]:
+def _plan_header(layout: Layout, bundle: str, dtype: str, d_model: int, biases: bool = False) -> dict[str, Any]:
     """Find the header size (a multiple of 4 KiB) that fits the header that records it (checksums are fixed width)."""
     dummy = ["0" * 64] * layout.n_layers
     size = ALIGN
     while True:
-        header = _header_dict(layout, bundle, dtype, d_model, size, dummy)
+        header = _header_dict(layout, bundle, dtype, d_model, size, dummy, biases=biases)
         need = _align(len(_encode_header(header)))
         if need <= size:
             return header
@@ -169,6 +182,13 @@ def _check_weights(w: Mapping[str, np.ndarray], layer: int, parts: tuple[str, ..
         want = (d, n) if name == "down" else (n, d)
         if tuple(np.shape(w[name])) != want:
             raise PackError(f"layer {layer}: {name} has shape {tuple(np.shape(w[name]))}, expected {want}")
+        if f"{name}_bias" in w and tuple(np.shape(w[f"{name}_bias"])) != ((d,) if name == "down" else (n,)):
+            raise PackError(f"layer {layer}: {name}_bias has shape {tuple(np.shape(w[name + '_bias']))}")
+
+
+def has_neuron_biases(w: Mapping[str, np.ndarray], bundle: str) -> bool:
+    """True if the weights carry a per-neuron bias of a part stored in ``bundle`` (gate_bias, up_bias)."""
+    return any(f"{name}_bias" in w for name in BUNDLES[bundle] if name != "down")
 
 
 def write_pack(
@@ -180,6 +200,7 @@ def write_pack(
     dtype: str = "fp16",
     d_model: int,
     progress: ProgressFn | None = None,
+    biases: bool | None = None,
 ) -> Path:
     """Write the pack file of `layout` at `path`, atomically (temp file in the same directory, then rename).
 
@@ -191,6 +212,8 @@ def write_pack(
         dtype: ``"fp16"`` or ``"fp32"`` (weights are cast, round to nearest).
         d_model: hidden size (the length of every part).
         progress: called as ``progress("pack", layers_done, n_layers)`` (None: silent).
+        biases: store the per-neuron biases (``gate_bias``/``up_bias`` of `weights_fn`) in the bundles (see the
+            module docstring); None: if layer 0's weights have any.
 
     An existing file at `path` is replaced only if it is a coact pack; anything else is refused
     (:class:`common.errors.OutputExistsError`).
@@ -205,8 +228,12 @@ def write_pack(
     d = int(d_model)
     parts = BUNDLES[bundle]
     np_dtype = DTYPES[dtype]
-    header = _plan_header(layout, bundle, dtype, d)
+    first = weights_fn(0) if layout.n_layers else {}
+    if biases is None:
+        biases = has_neuron_biases(first, bundle)
+    header = _plan_header(layout, bundle, dtype, d, bool(biases))
     bb = header["bundle_bytes"]
+    width = header["width"]
     checksums: list[str] = []
     crcs: list[np.ndarray] = []
     with atomic_path(path) as tmp, open(tmp, "r+b") as f:
@@ -219,7 +246,8 @@ def write_pack(
             f.write(raw_perm)
         for layer in tracked(range(layout.n_layers), progress, "pack"):
             n = layout.n_neurons[layer]
-            w = weights_fn(layer)
+            w = first if layer == 0 else weights_fn(layer)
+            first = {}
             _check_weights(w, layer, parts, n, d)
             perm = layout.perms[layer]
             h = hashlib.sha256()
@@ -227,10 +255,12 @@ def write_pack(
             step = max(1, _WRITE_CHUNK // bb)
             for a in range(0, n, step):
                 idx = perm[a : a + step]
-                block = np.empty((idx.size, len(parts), d), dtype=np_dtype)
+                block = np.zeros((idx.size, len(parts), width), dtype=np_dtype)
                 for j, name in enumerate(parts):
                     m = np.asarray(w[name])
-                    block[:, j, :] = m[:, idx].T if name == "down" else m[idx, :]
+                    block[:, j, :d] = m[:, idx].T if name == "down" else m[idx, :]
+                    if biases and name != "down" and f"{name}_bias" in w:
+                        block[:, j, d] = np.asarray(w[f"{name}_bias"])[idx]
                 data = block.tobytes()
                 h.update(data)
                 crcs.append(bundle_crcs(data, bb))
@@ -285,6 +315,8 @@ class PackFile(Closing):
         self.bundle: str = h["bundle"]
         self.parts: int = h["parts"]
         self.d_model: int = h["d_model"]
+        self.width: int = int(h.get("width", h["d_model"]))  # d_model + 1 when the bundles carry biases
+        self.biases: bool = bool(h.get("biases", False))
         self.bundle_bytes: int = h["bundle_bytes"]
         self.n_layers: int = h["n_layers"]
         self.layout_digest: str = h["layout_digest"]
@@ -342,8 +374,11 @@ class PackFile(Closing):
             raise self._fail(f"unknown dtype {h['dtype']!r}")
         if h["bundle"] not in BUNDLES or h["parts"] != len(BUNDLES[h["bundle"]]):
             raise self._fail(f"unknown bundle schema {h['bundle']!r} with {h['parts']} parts")
-        if h["d_model"] <= 0 or h["bundle_bytes"] != h["parts"] * h["d_model"] * DTYPES[h["dtype"]].itemsize:
-            raise self._fail("bundle_bytes does not equal parts * d_model * dtype size")
+        width = h.get("width", h["d_model"])
+        if not isinstance(width, int) or isinstance(width, bool) or width != h["d_model"] + int(bool(h.get("biases"))):
+            raise self._fail(f"bundle width {width!r} is not d_model (+1 with biases)")
+        if h["d_model"] <= 0 or h["bundle_bytes"] != h["parts"] * width * DTYPES[h["dtype"]].itemsize:
+            raise self._fail("bundle_bytes does not equal parts * width * dtype size")
         L = h["n_layers"]
         lists = ("n_neurons", "layer_offsets", "layer_nbytes", "checksums")
         if any(len(h[k]) != L for k in lists):
@@ -440,7 +475,8 @@ class PackFile(Closing):
 
     def read_neurons(self, layer: int, neurons: np.ndarray, layout: Layout | None = None, *,
                      verify: bool = True) -> np.ndarray:
-        """The stored weights of `neurons` (ids, any order) of `layer`: array [k, parts, d_model] in the pack dtype.
+        """The stored weights of `neurons` (ids, any order) of `layer`: array [k, parts, width] in the pack dtype
+        (``width = d_model``, or ``d_model + 1`` with the part's per-neuron bias last when the pack has biases).
 
         Neuron ids are mapped to positions through `layout` (which must be the pack's layout: checked by digest) or,
         if not given, through the perms stored in the pack. Reads one buffered pread per run of positions. With
@@ -458,7 +494,7 @@ class PackFile(Closing):
             inv = self.inverse(layer)
         pos = inv[ids]
         uniq, where = np.unique(pos, return_inverse=True)
-        out = np.empty((uniq.size, self.parts, self.d_model), dtype=self.np_dtype)
+        out = np.empty((uniq.size, self.parts, self.width), dtype=self.np_dtype)
         starts, lengths = runs(uniq)
         bb, base, k = self.bundle_bytes, self.layer_offset(layer), 0
         assert self._fd is not None
@@ -468,7 +504,7 @@ class PackFile(Closing):
                 raise self._fail(f"short read in layer {layer} (truncated file?)")
             if verify:
                 self.check_bundles(layer, s, raw)
-            out[k : k + m] = np.frombuffer(raw, dtype=self.np_dtype).reshape(m, self.parts, self.d_model)
+            out[k : k + m] = np.frombuffer(raw, dtype=self.np_dtype).reshape(m, self.parts, self.width)
             k += m
         return out[where.reshape(-1)]
 

@@ -158,6 +158,7 @@ class FlashFFNReader(Closing):
             self.schema: tuple[str, ...] = tuple(pf.header["schema"])
             self.parts = pf.parts
             self.d_model = pf.d_model
+            self.width = pf.width  # d_model, + 1 when the bundles carry per-neuron biases (runtime.pack)
             self.bundle_bytes = pf.bundle_bytes
             self.n_layers = pf.n_layers
             self.model_id = pf.model_id
@@ -188,7 +189,7 @@ class FlashFFNReader(Closing):
         self._miss_buf = _RegionBuffer(region)
         self._pf_buf = _RegionBuffer(region)
         self.capacity = int(getattr(self.cache, "capacity", int(self.cache.budget_bytes) // self.bundle_bytes))
-        self._pool = np.empty((self.capacity, self.parts, self.d_model), dtype=self.np_dtype)
+        self._pool = np.empty((self.capacity, self.parts, self.width), dtype=self.np_dtype)
         self._slot = np.full((self.n_layers, max(self.sizes, default=0)), -1, dtype=_I64)
         self._free: list[int] = list(range(self.capacity - 1, -1, -1))
         self.tokens: list[TokenIO] = []
@@ -267,7 +268,7 @@ class FlashFFNReader(Closing):
         return int(offs.size), int(sizes.sum()), dt
 
     def _region(self, layer: int, buf: _RegionBuffer) -> np.ndarray:
-        return buf.region(self.sizes[layer], self.parts, self.d_model, self.np_dtype)
+        return buf.region(self.sizes[layer], self.parts, self.width, self.np_dtype)
 
     # ------------------------------------------------------------------------------------------------ prefetch
     def _prefetch_loop(self) -> None:
@@ -348,7 +349,7 @@ class FlashFFNReader(Closing):
             tok.wasted_bytes += int(job.neurons.size) * self.bundle_bytes
             job = None
         k = ids.size
-        out = np.empty((k, self.parts, self.d_model), dtype=np.float32)
+        out = np.empty((k, self.parts, self.width), dtype=np.float32)
         tok.active += k
         if self.dense:
             self._blocking_read(tok, layer, np.empty(0, dtype=_I64))

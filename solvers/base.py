@@ -24,6 +24,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from common.errors import RegistryError
+from common.executors import get_executor
 from common.perm import check_permutation as _check_permutation
 from common.progress import ProgressFn, tracked
 from common.registry import Registry
@@ -45,6 +46,7 @@ BUILTIN_MODULES = (
     "solvers.leiden",
     "solvers.spectral",
     "solvers.collapse",
+    "solvers.device_cost",
 )
 
 #: name -> solver factory (a class or a function returning a :class:`Solver`); entry description = ``optimises``.
@@ -224,6 +226,24 @@ class SolveResult:
     params: dict[str, Any]
 
 
+def _layer_graph(item: Any) -> CoactGraph:
+    """A layer item of :func:`solve_layers` as a graph: a CoactGraph, a ``(counts, freq)`` pair, or a zero-argument
+    callable returning either (a lazy loader, called where the layer is solved, so a worker loads its own shard)."""
+    if callable(item) and not isinstance(item, CoactGraph):
+        item = item()
+    return item if isinstance(item, CoactGraph) else as_graph(*item)
+
+
+def _solve_job(job: tuple[str, dict[str, Any], Any, int, float | None]) -> tuple[np.ndarray, float]:
+    """One layer's work for an executor (module level so it pickles): build the solver, solve, time it."""
+    spec, params, item, seed, limit = job
+    g = _layer_graph(item)
+    solver = get_solver(spec, **params)
+    t0 = time.perf_counter()
+    perm = solver.solve(g, seed=seed, time_limit=limit)
+    return check_permutation(perm, g.n), time.perf_counter() - t0
+
+
 def solve_layers(
     graphs: Iterable[Any],
     spec: str,
@@ -232,26 +252,46 @@ def solve_layers(
     time_limit: float | None = None,
     progress: ProgressFn | None = None,
     n_layers: int | None = None,
+    executor: Any = None,
     **params: Any,
 ) -> SolveResult:
     """Run solver ``spec`` (built once, with ``params``) on every layer of ``graphs``.
 
-    ``graphs`` yields one layer at a time — a :class:`CoactGraph` or a ``(counts, freq)`` pair — so a caller can
-    build each layer lazily and only one is in memory. Layer ``l`` is solved with ``seed + l`` (layers get
-    different tie-breaking, the whole model stays reproducible). ``n_layers`` is the total for the progress
-    report when ``graphs`` has no ``len``. Times exclude building the graph.
+    ``graphs`` yields one layer at a time — a :class:`CoactGraph`, a ``(counts, freq)`` pair, or a zero-argument
+    callable returning one (built where the layer is solved) — so a caller can build each layer lazily and only one
+    (per worker) is in memory. Layer ``l`` is solved with ``seed + l`` (layers get different tie-breaking, the whole
+    model stays reproducible). ``n_layers`` is the total for the progress report when ``graphs`` has no ``len``.
+    Times exclude building the graph.
+
+    ``executor``: None or ``"serial"`` = this process, one layer after another (per-layer progress from the solver
+    is passed through); otherwise an executor spec or object (:func:`common.executors.get_executor`: ``"local"``,
+    ``"local:2"``, ``"ray"``, ``"ray:ADDRESS"``) that solves layers in parallel. Every layer's result depends only
+    on its graph, the solver spec and its seed, so the placements are identical whichever executor runs them
+    (tests/test_executors.py checks it).
     """
-    solver = get_solver(spec, **params)
+    solver = get_solver(spec, **params)  # validate the spec and the parameters here, before any worker starts
     limit = check_time_limit(time_limit)
     if n_layers is None and hasattr(graphs, "__len__"):
         n_layers = len(graphs)  # type: ignore[arg-type]
-    extra = {} if progress is None else {"progress": progress}
     perms: list[np.ndarray] = []
     secs: list[float] = []
-    for layer, item in enumerate(tracked(graphs, progress, f"solve {spec}", total=n_layers)):
-        g = item if isinstance(item, CoactGraph) else as_graph(*item)
-        t0 = time.perf_counter()
-        perm = solver.solve(g, seed=seed + layer, time_limit=limit, **extra)
-        secs.append(time.perf_counter() - t0)
-        perms.append(check_permutation(perm, g.n))
+    if executor is not None and executor != "serial":
+        ex = get_executor(executor)
+        owned = ex is not executor  # built from a spec here: close it here
+        try:
+            jobs = ((spec, params, item, seed + layer, limit) for layer, item in enumerate(graphs))
+            out = ex.map(_solve_job, jobs, progress=progress, description=f"solve {spec}", total=n_layers)
+        finally:
+            if owned:
+                ex.close()
+        perms = [p for p, _ in out]
+        secs = [t for _, t in out]
+    else:
+        extra = {} if progress is None else {"progress": progress}
+        for layer, item in enumerate(tracked(graphs, progress, f"solve {spec}", total=n_layers)):
+            g = _layer_graph(item)
+            t0 = time.perf_counter()
+            perm = solver.solve(g, seed=seed + layer, time_limit=limit, **extra)
+            secs.append(time.perf_counter() - t0)
+            perms.append(check_permutation(perm, g.n))
     return SolveResult(perms=perms, seconds=secs, solver=spec, params=dict(params, seed=seed, time_limit=time_limit))

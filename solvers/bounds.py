@@ -31,6 +31,32 @@ looser, never invalid. Since objectives are integers, the result is rounded down
 
 ``method="degree"`` gives the trivial bound sum_v (top1_v + top2_v) / 2 (each node touches at most two path
 edges); it is also the fallback when HiGHS fails or runs out of time.
+
+**Candidate graphs (dropped edges).** At 7B scale the statistics keep only each neuron's top-k partners (a
+*candidate graph*, :attr:`solvers.graph.CoactGraph.excluded_max`): every pair (u, v) that is not stored has
+``c_uv <= b_uv := min(xm_u, xm_v)`` with ``xm = excluded_max``. Both bounds stay upper bounds on the objective of
+*every* permutation on the *full* graph:
+
+*Degree bound.* Any Hamiltonian path P uses at most two edges at each node v, each either stored (weight one of
+v's stored counts) or not (weight <= xm_v). So the two path edges at v weigh at most top2_v := the sum of the two
+largest values of the multiset {stored counts at v} ∪ {xm_v, xm_v}, and since every edge has two ends,
+W(P) = 1/2 sum_v (weight of P's edges at v) <= 1/2 sum_v top2_v.  (The "N-1 heaviest edges" cap of the complete
+case is only applied when nothing was dropped.)
+
+*LP (Lagrangian) bound plus a correction.* Let x be the 0/1 incidence vector of P over *all* pairs, and λ, μ, π >= 0
+any duals (here: HiGHS's duals of the LP on the stored pairs). Since x satisfies the degree, edge-count and subtour
+constraints, W(P) = sum_e c_e x_e <= L0 + sum_e r_e x_e with L0 = 2 sum λ + (N-1) μ + sum_S (|S|-1) π_S and
+r_e = c_e - λ_u - λ_v - μ - sum_{S ⊇ e} π_S; hence W(P) <= L0 + sum_{stored e} max(0, r_e) + D, where D bounds
+sum_{e ∈ P, e not stored} max(0, r_e). For a non-stored e = (u, v), π >= 0 gives
+r_e <= b_uv - λ_u - λ_v - μ =: ρ_uv, and two per-node bounds hold:
+  (a) b_uv <= (xm_u + xm_v)/2, so max(0, ρ_uv) <= g_u + g_v with g_v = max(0, xm_v/2 - λ_v - μ/2);
+  (b) b_uv <= xm_u and λ_v >= λ_min, so max(0, ρ_uv) <= h_u with h_u = max(0, xm_u - λ_u - λ_min - μ), and
+      likewise <= h_v; charge the edge to either end.
+P has at most two edges at every node, so D <= min(2 sum_v g_v, 2 sum_v h_v) =: correction. The returned bound is
+``floor(min over rounds of (Lagrangian value + correction))``, capped by the degree bound above; with nothing dropped
+(xm = 0) the correction is 0 and everything is exactly as before. The correction is small when the duals are large
+compared with the best excluded weights (λ_v is roughly half of the weight of v's path edges, xm_v is v's (k+1)-th
+best count), which is why a modest k (16-32) keeps the bound tight.
 """
 from __future__ import annotations
 
@@ -111,20 +137,41 @@ def _second_largest(es: EdgeSet, inc: tuple[np.ndarray, np.ndarray] | None = Non
     return vals[:, 1].copy()
 
 
+def _excluded(graph: Any) -> np.ndarray | None:
+    """``excluded_max`` of a candidate graph, None for a complete one (see the module docstring)."""
+    xm = getattr(graph, "excluded_max", None)
+    return None if xm is None or not np.any(xm > 0) else np.asarray(xm, dtype=np.int64)
+
+
 def degree_bound(counts: Any) -> float:
-    """sum_v (largest + second largest count at v) / 2, also capped by the N-1 heaviest edges."""
-    c = as_graph(counts).counts
+    """sum_v (largest + second largest count at v) / 2 (a dropped pair at v counts as ``excluded_max[v]``, see the
+    module docstring), also capped by the N-1 heaviest edges when nothing was dropped."""
+    g = as_graph(counts)
+    c = g.counts
     n = c.shape[0]
-    if n < 2 or c.nnz == 0:
+    xm = _excluded(g)
+    if n < 2 or (c.nnz == 0 and xm is None):
         return 0.0
-    tot = 0
-    for i in range(n):
-        d = c.data[c.indptr[i]:c.indptr[i + 1]]
-        if d.size > 2:
-            d = np.partition(d, d.size - 2)[-2:]
-        tot += int(d.sum())
+    _, vals = top_k_per_row(np.asarray(c.indptr, dtype=np.int64), np.asarray(c.data, dtype=np.int64), 2)
+    if xm is not None:  # two more candidates per node: xm_v, xm_v
+        both = np.concatenate([vals, np.repeat(xm[:, None], 2, axis=1)], axis=1)
+        vals = -np.sort(-both, axis=1)[:, :2]
+    tot = int(vals.sum())
+    if xm is not None:
+        return float(tot // 2)
     heavy = np.sort(sp.triu(c, k=1).data)[::-1][: n - 1].sum()
     return float(min(tot // 2, int(heavy)))
+
+
+def excluded_correction(xm: np.ndarray | None, lam: np.ndarray, mu: float) -> float:
+    """D of the module docstring: an upper bound on what the dropped pairs of a candidate graph can add to the
+    Lagrangian value with degree duals ``lam`` and edge-count dual ``mu`` (0 for a complete graph)."""
+    if xm is None:
+        return 0.0
+    x = xm.astype(np.float64)
+    g = np.maximum(0.0, x - 2.0 * lam - mu).sum()  # = 2 sum_v g_v
+    h = 2.0 * np.maximum(0.0, x - lam - float(lam.min(initial=0.0)) - mu).sum()
+    return float(min(g, h))
 
 
 @dataclass
@@ -143,6 +190,114 @@ class LPResult:
     status: str
 
 
+class _Cuts:
+    """Subtour cuts, stored as the partitions they came from: each separation yields disjoint components, so a cut
+    is (partition p, component c) and "edge e lies inside cut" is ``lab_p[u] == lab_p[v]`` with ``row_p[lab_p[u]]``
+    its LP row: O(edges) per partition instead of O(edges x cuts) with one mask per cut (1,000+ cuts at N = 11k)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.parts: list[tuple[np.ndarray, np.ndarray]] = []  # (lab int64[n], row int64[ncomp], -1 = no cut)
+        self.sizes: list[int] = []  # |S| per cut, in row order
+        self.seen: set[bytes] = set()
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+    def add_partition(self, lab: np.ndarray, comps: np.ndarray) -> list[int]:
+        """Register the components ``comps`` of labelling ``lab`` not seen before; returns their cut indices (cut i
+        is LP row n + 1 + i)."""
+        row = np.full(int(lab.max()) + 1, -1, dtype=np.int64)
+        new: list[int] = []
+        for comp in comps:
+            S = lab == comp
+            key = np.packbits(S).tobytes()
+            if key in self.seen:
+                continue
+            self.seen.add(key)
+            row[comp] = len(self.sizes)
+            new.append(len(self.sizes))
+            self.sizes.append(int(S.sum()))
+        if new:
+            self.parts.append((lab, row))
+        return new
+
+    def membership(self, u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(edge positions, cut indices) for every (edge, cut containing it)."""
+        es, rs = [], []
+        for lab, row in self.parts:
+            lu = lab[u]
+            r = np.where(lab[v] == lu, row[lu], -1)
+            hit = np.flatnonzero(r >= 0)
+            es.append(hit)
+            rs.append(r[hit])
+        if not es:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        return np.concatenate(es), np.concatenate(rs)
+
+
+def _highs_core() -> Any:
+    """The HiGHS binding that ships inside scipy (``scipy.optimize._highspy._core``: the same HiGHS as ``linprog``,
+    the ``highspy`` API, no extra dependency and no banner on stdout). It is private to scipy, so any import
+    problem just selects the ``linprog`` backend."""
+    try:
+        from scipy.optimize._highspy import _core
+
+        _core._Highs, _core.kHighsInf, _core.HighsModelStatus.kOptimal  # noqa: B018 - the API this module uses
+    except (ImportError, AttributeError):
+        return None
+    return _core
+
+
+class _HighsLP:
+    """The LP kept alive in HiGHS between rounds: columns and cut rows are *added*, and each re-solve starts from
+    the previous basis (dual simplex warm start), which is what makes the LP usable at N = 11k (a cold ``linprog``
+    solve per round took ~9 s there; the whole warm-started LP ~3 s)."""
+
+    def __init__(self, n: int, core: Any) -> None:
+        self.hp = core
+        h = core._Highs()
+        h.setOptionValue("output_flag", False)
+        h.setOptionValue("presolve", "off")  # presolve would discard the warm-start basis
+        inf = highspy.kHighsInf
+        up = np.concatenate([np.full(n, 2.0), [n - 1.0]])
+        h.addRows(n + 1, np.full(n + 1, -inf), up, 0, np.zeros(n + 1, dtype=np.int32), np.zeros(0, np.int32),
+                  np.zeros(0))
+        self.h = h
+        self.n_rows = n + 1
+
+    def add_cols(self, cost: np.ndarray, col_rows: list[np.ndarray]) -> None:
+        m = len(col_rows)
+        if m == 0:
+            return
+        lens = np.array([r.size for r in col_rows], dtype=np.int64)
+        starts = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int32)
+        idx = np.concatenate(col_rows).astype(np.int32)
+        self.h.addCols(m, np.asarray(cost, dtype=np.float64), np.zeros(m), np.ones(m), int(idx.size), starts, idx,
+                       np.ones(idx.size))
+
+    def add_rows(self, upper: list[float], row_cols: list[np.ndarray]) -> None:
+        r = len(row_cols)
+        if r == 0:
+            return
+        lens = np.array([c.size for c in row_cols], dtype=np.int64)
+        starts = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int32)
+        idx = np.concatenate(row_cols).astype(np.int32)
+        self.h.addRows(r, np.full(r, -self.hp.kHighsInf), np.asarray(upper, dtype=np.float64), int(idx.size), starts,
+                       idx, np.ones(idx.size))
+        self.n_rows += r
+
+    def solve(self, time_left: float | None) -> tuple[bool, str, np.ndarray, np.ndarray, float]:
+        """(optimal, status text, x, row duals as in linprog's marginals (<= 0), objective)."""
+        self.h.setOptionValue("time_limit", float(time_left) if time_left is not None else self.hp.kHighsInf)
+        self.h.run()
+        st = self.h.getModelStatus()
+        ok = st == self.hp.HighsModelStatus.kOptimal
+        sol = self.h.getSolution()
+        return (ok, self.h.modelStatusToString(st), np.asarray(sol.col_value), np.asarray(sol.row_dual),
+                float(self.h.getInfo().objective_function_value))
+
+
 def solve_two_matching_lp(
     counts: Any,
     *,
@@ -153,27 +308,37 @@ def solve_two_matching_lp(
     price_r: int = 4,
     price_tol: float = 1e-5,
     stall_rounds: int = 8,
+    backend: str = "auto",
 ) -> LPResult:
     """Solve the (cut-strengthened) fractional 2-matching LP over *all* stored pairs by column generation.
 
     The LP starts on the union of every node's top-k partners (all pairs if `k` is None). After each HiGHS solve,
     the duals (λ_v >= 0 per degree row, μ >= 0 for the edge-count row, π_S >= 0 per cut) price every stored pair:
     reduced cost r_e = c_e - λ_u - λ_v - μ - sum_{S ⊇ e} π_S. The Lagrangian value
-    ``2 sum λ + (N-1) μ + sum π_S (|S|-1) + sum_e max(0, r_e)`` is an upper bound on every Hamiltonian path for any
-    non-negative duals (weak duality over the full edge set), so each round yields a valid bound; the best (lowest)
-    is kept. Pairs with r_e > 0 join the LP (per node, its `price_r` largest reduced costs); pricing stops when the
-    Lagrangian value is within max(1, `price_tol` x bound) of the LP value (objectives are integers). Then the LP
-    optimum over all pairs is reached (to that tolerance) and subtour cuts are separated (if `cuts`), until nothing
-    is violated, `max_rounds`, `time_limit`, or `stall_rounds` rounds without the bound dropping by
-    max(1, 1e-5 x bound).
+    ``2 sum λ + (N-1) μ + sum π_S (|S|-1) + sum_e max(0, r_e)`` (+ the correction for dropped pairs of a candidate
+    graph, module docstring) is an upper bound on every Hamiltonian path for any non-negative duals (weak duality
+    over the full edge set), so each round yields a valid bound; the best (lowest) is kept. Pairs with r_e > 0 join
+    the LP (per node, its `price_r` largest reduced costs); pricing stops when the Lagrangian value is within
+    max(1, `price_tol` x bound) of the LP value (objectives are integers). Then the LP optimum over all pairs is
+    reached (to that tolerance) and subtour cuts are separated (if `cuts`), until nothing is violated,
+    `max_rounds`, `time_limit`, or `stall_rounds` rounds without the bound dropping by max(1, 1e-5 x bound).
+
+    ``backend``: ``"highs"`` (a persistent HiGHS model, warm-started between rounds; :func:`_highs_core`),
+    ``"linprog"`` (a cold ``scipy.optimize.linprog`` solve per round), ``"auto"`` (highs when available).
     """
     t0 = time.perf_counter()
     graph = as_graph(counts)
     es = all_edges(graph)
     n = es.n
     m_all = es.u.size
+    xm = _excluded(graph)
     if n < 2 or m_all == 0:
-        return LPResult(0.0, np.zeros(m_all), es, 0, 0, 0, "trivial")
+        return LPResult(degree_bound(graph) if xm is not None else 0.0, np.zeros(m_all), es, 0, 0, 0, "trivial")
+    if backend not in ("auto", "highs", "linprog"):
+        raise SolverError(f"unknown LP backend {backend!r}; expected auto, highs or linprog")
+    core = _highs_core() if backend != "linprog" else None
+    if backend == "highs" and core is None:
+        raise SolverError("the 'highs' LP backend needs scipy's bundled HiGHS binding (scipy >= 1.15)")
     wf = es.w.astype(np.float64)
     scale = float(wf.max())
     inc = None
@@ -185,8 +350,10 @@ def solve_two_matching_lp(
         inc = incidence(es)
         s2 = _second_largest(es, inc)
         active = per_node_top(es, wf - 0.5 * (s2[es.u] + s2[es.v]), int(k), inc=inc)
-    cut_sets: list[np.ndarray] = []  # bool[n] membership of each cut
-    seen: set[bytes] = set()
+    cutset = _Cuts(n)
+    lp = _HighsLP(n, core) if core is not None else None
+    order: list[np.ndarray] = []  # edge ids in LP column order (highs backend)
+    new_cols = active
     best = math.inf
     x_full = None
     status = "ok"
@@ -194,49 +361,73 @@ def solve_two_matching_lp(
     last_gain = 0
     while True:
         rounds += 1
-        m = active.size
-        au, av = es.u[active], es.v[active]
-        er = np.arange(m, dtype=np.int64)
-        rows = [au, av, np.full(m, n, dtype=np.int64)]
-        cols = [er, er, er]
-        for ci, S in enumerate(cut_sets):
-            inside = np.flatnonzero(S[au] & S[av])
-            rows.append(np.full(inside.size, n + 1 + ci, dtype=np.int64))
-            cols.append(inside)
-        nrows = n + 1 + len(cut_sets)
-        r_ = np.concatenate(rows)
-        A = sp.csr_array((np.ones(r_.size), (r_, np.concatenate(cols))), shape=(nrows, m))
-        b = np.concatenate([np.full(n, 2.0), [n - 1.0], [float(S.sum() - 1) for S in cut_sets]])
-        opts = {"presolve": True}
+        left = None
         if time_limit is not None:
             left = time_limit - (time.perf_counter() - t0)
             if left <= 0.05 and math.isfinite(best):
                 status = "time"
                 break
-            opts["time_limit"] = max(left, 0.05)
-        # costs scaled to max 1 (HiGHS runs ~2x faster on this LP than with raw counts); duals scaled back
-        _t = time.perf_counter()
-        res = linprog(-wf[active] / scale, A_ub=A, b_ub=b, bounds=(0.0, 1.0), method="highs", options=opts)
-        if res.status != 0 or res.x is None or getattr(res, "ineqlin", None) is None:
-            status = f"highs status {res.status}: {res.message}"
-            break
-        y = np.maximum(-np.asarray(res.ineqlin.marginals, dtype=np.float64), 0.0) * scale
-        log.debug("round %d: %d columns, %d cuts, LP %.2fs, value %.1f", rounds, m, len(cut_sets),
-                  time.perf_counter() - _t, -res.fun * scale)
+            left = max(left, 0.05)
+        if lp is not None:
+            if new_cols.size:
+                nu, nv = es.u[new_cols], es.v[new_cols]
+                ep, rr = cutset.membership(nu, nv)
+                extra = [[] for _ in range(new_cols.size)]
+                for e_, r_ in zip(ep.tolist(), rr.tolist()):
+                    extra[e_].append(r_)
+                col_rows = [np.array([a, b, n] + [n + 1 + r for r in x], dtype=np.int64)
+                            for a, b, x in zip(nu.tolist(), nv.tolist(), extra)]
+                order.append(new_cols)
+                lp.add_cols(-wf[new_cols] / scale, col_rows)
+            ok, msg, xcol, rdual, fun = lp.solve(left)
+            cols_edges = np.concatenate(order)
+            if not ok:
+                status = f"highs: {msg}"
+                break
+            x_act = xcol
+            act_ids = cols_edges
+            y = np.maximum(-rdual, 0.0) * scale
+            lp_val = -fun * scale
+        else:
+            act_ids = active
+            m = active.size
+            au, av = es.u[active], es.v[active]
+            er = np.arange(m, dtype=np.int64)
+            ep, rr = cutset.membership(au, av)
+            r_ = np.concatenate([au, av, np.full(m, n, dtype=np.int64), n + 1 + rr])
+            c_ = np.concatenate([er, er, er, ep])
+            nrows = n + 1 + len(cutset)
+            A = sp.csr_array((np.ones(r_.size), (r_, c_)), shape=(nrows, m))
+            b = np.concatenate([np.full(n, 2.0), [n - 1.0], np.asarray(cutset.sizes, dtype=np.float64) - 1.0])
+            opts: dict[str, Any] = {"presolve": True}
+            if left is not None:
+                opts["time_limit"] = left
+            # costs scaled to max 1 (HiGHS runs ~2x faster on this LP than with raw counts); duals scaled back
+            res = linprog(-wf[active] / scale, A_ub=A, b_ub=b, bounds=(0.0, 1.0), method="highs", options=opts)
+            if res.status != 0 or res.x is None or getattr(res, "ineqlin", None) is None:
+                status = f"highs status {res.status}: {res.message}"
+                break
+            x_act = res.x
+            y = np.maximum(-np.asarray(res.ineqlin.marginals, dtype=np.float64), 0.0) * scale
+            lp_val = -float(res.fun) * scale
         lam, mu, pi = y[:n], y[n], y[n + 1:]
         red = wf - lam[es.u] - lam[es.v] - mu
         # cut duals only lower reduced costs, and only positive ones matter (bound and pricing)
         hot = np.flatnonzero(red > 0)
-        for ci in np.flatnonzero(pi > 0):
-            S = cut_sets[ci]
-            red[hot[S[es.u[hot]] & S[es.v[hot]]]] -= pi[ci]
-        ub = 2.0 * lam.sum() + (n - 1) * mu + sum(float(pi[i]) * (cut_sets[i].sum() - 1) for i in range(pi.size))
+        ep, rr = cutset.membership(es.u[hot], es.v[hot])
+        np.subtract.at(red, hot[ep], pi[rr])
+        sizes = np.asarray(cutset.sizes, dtype=np.float64)
+        ub = 2.0 * lam.sum() + (n - 1) * mu + float((pi * (sizes - 1.0)).sum())
         ub += float(np.maximum(red, 0.0).sum())
+        corr = excluded_correction(xm, lam, mu)  # what dropped pairs could add (module docstring)
+        ub += corr
+        log.debug("round %d: %d columns, %d cuts, value %.1f, bound %.1f", rounds, act_ids.size, len(cutset), lp_val,
+                  ub)
         if ub < best - max(1.0, 1e-5 * ub):
             last_gain = rounds
         best = min(best, ub)
         x_full = np.zeros(m_all)
-        x_full[active] = res.x
+        x_full[act_ids] = x_act
         if rounds >= max_rounds:
             break
         if rounds - last_gain >= stall_rounds:
@@ -244,43 +435,50 @@ def solve_two_matching_lp(
             break
         # pricing
         in_active = np.zeros(m_all, dtype=bool)
-        in_active[active] = True
-        lp_val = -float(res.fun) * scale
-        log.debug("  Lagrangian bound %.1f, LP %.1f", ub, lp_val)
+        in_active[act_ids] = True
         pos = np.flatnonzero((red > 1e-7 * scale) & ~in_active)
-        if pos.size and ub - lp_val > max(1.0, price_tol * abs(ub)):
+        if pos.size and ub - corr - lp_val > max(1.0, price_tol * abs(ub)):
             # per node, its `price_r` most positive reduced costs (global top-r would pile onto a few hubs)
             pos = per_node_top(es, red, price_r, (red > 1e-7 * scale) & ~in_active, inc=inc)
+            new_cols = pos
             active = np.sort(np.concatenate([active, pos]))
             continue
+        new_cols = np.zeros(0, dtype=np.int64)
         if not cuts:
             break
         # separation on the support graph and on {x > 1/2}
-        x = res.x
-        new = 0
+        au, av = es.u[act_ids], es.v[act_ids]
+        added = 0
         for thr in (1e-6, 0.5):
-            sel = x > thr
+            sel = x_act > thr
             if not sel.any():
                 continue
             gs = sp.csr_array((np.ones(int(sel.sum())), (au[sel], av[sel])), shape=(n, n))
             ncomp, lab = connected_components(gs, directed=False)
+            lab = lab.astype(np.int64)
             size = np.bincount(lab, minlength=ncomp)
             inside = lab[au] == lab[av]
-            wsum = np.bincount(lab[au][inside], weights=x[inside], minlength=ncomp)
-            for comp in np.flatnonzero((size >= 3) & (wsum > size - 1 + 1e-6)):
-                S = lab == comp
-                key = np.packbits(S).tobytes()
-                if key in seen:
-                    continue
-                seen.add(key)
-                cut_sets.append(S)
-                new += 1
-        if new == 0:
+            wsum = np.bincount(lab[au][inside], weights=x_act[inside], minlength=ncomp)
+            comps = np.flatnonzero((size >= 3) & (wsum > size - 1 + 1e-6))
+            new_ids = cutset.add_partition(lab, comps)
+            if not new_ids:
+                continue
+            added += len(new_ids)
+            if lp is not None:
+                # rows of the new cuts (consecutive cut ids) over the current columns, grouped in one pass
+                lu = lab[au]
+                rowid = np.where(lab[av] == lu, cutset.parts[-1][1][lu], -1)
+                hit = np.flatnonzero(rowid >= 0)
+                hit = hit[np.argsort(rowid[hit], kind="stable")]
+                bounds_ = np.searchsorted(rowid[hit], np.asarray(new_ids + [new_ids[-1] + 1]))
+                lp.add_rows([cutset.sizes[ci] - 1.0 for ci in new_ids],
+                            [hit[bounds_[i]:bounds_[i + 1]] for i in range(len(new_ids))])
+        if added == 0:
             break
     if not math.isfinite(best):
-        return LPResult(degree_bound(graph), None, es, len(cut_sets), rounds, int(active.size), status)
+        return LPResult(degree_bound(graph), None, es, len(cutset), rounds, int(active.size), status)
     bound = math.floor(best * (1 + 1e-9) + 1e-6)  # float summation slack before rounding down
-    return LPResult(float(min(bound, degree_bound(graph))), x_full, es, len(cut_sets), rounds, int(active.size),
+    return LPResult(float(min(bound, degree_bound(graph))), x_full, es, len(cutset), rounds, int(active.size),
                     status)
 
 

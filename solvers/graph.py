@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import scipy.sparse as sp
 
-from solvers.candidates import top_k_neighbours
+from solvers.candidates import candidate_pattern, top_k_neighbours
 from solvers.errors import GraphError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -76,6 +76,10 @@ class CoactGraph:
         freq: int64 [n]; tokens where neuron i is active.
         n_tokens: tokens counted.
         meta: free-form provenance (layer, model id, stats digest, ...).
+        excluded_max: None when every co-activating pair is stored (a *complete* graph); for a *candidate graph*
+            (only each neuron's top-k partners stored, see ``coact.stats``), int64 [n] with ``excluded_max[i]`` >=
+            the count of every pair (i, j) that is NOT stored. Solvers ignore it (they see only the stored pairs);
+            the bounds of :mod:`solvers.bounds` need it to stay proven upper bounds on the full graph.
         n: number of neurons (property, ``counts.shape[0]``).
 
     The constructor canonicalises ``counts`` (int64, sorted, no explicit zeros, diagonal dropped) and checks
@@ -87,6 +91,7 @@ class CoactGraph:
     freq: np.ndarray
     n_tokens: int
     meta: dict[str, Any] = field(default_factory=dict)
+    excluded_max: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         shape = getattr(self.counts, "shape", None)
@@ -103,6 +108,16 @@ class CoactGraph:
             raise GraphError(f"freq has shape {self.freq.shape}, expected ({n},)")
         self.n_tokens = int(self.n_tokens)
         self.meta = dict(self.meta)
+        if self.excluded_max is not None:
+            xm = np.asarray(self.excluded_max).reshape(-1)
+            if xm.shape != (n,) or not np.issubdtype(xm.dtype, np.integer) or (xm.size and xm.min() < 0):
+                raise GraphError(f"excluded_max must be non-negative integers of shape ({n},)")
+            self.excluded_max = xm.astype(np.int64, copy=False)
+
+    @property
+    def is_candidate(self) -> bool:
+        """True when some co-activating pairs may be missing (``excluded_max`` given and not all zero)."""
+        return self.excluded_max is not None and bool(np.any(self.excluded_max > 0))
 
     @property
     def n(self) -> int:
@@ -222,14 +237,35 @@ class CoactGraph:
             w = -w  # closest = smallest distance
         return top_k_neighbours(c.indptr, c.indices, w, k)
 
+    def candidate_graph(self, k: int) -> "CoactGraph":
+        """The *candidate graph*: only the pairs where one neuron is among the other's top-``k`` partners (by count,
+        ties by smaller id), with exact counts, and ``excluded_max[i]`` = the largest count of a pair of ``i`` that
+        is dropped (0 if none; combined with any existing ``excluded_max``). What ``coact.stats`` builds without the
+        dense matrix; here from a complete graph, for tests and small layers."""
+        keep = candidate_pattern(self, int(k))
+        c = self.counts
+        kept = sp.csr_array(c * keep)
+        dropped = sp.csr_array(c - kept)
+        xm = np.zeros(self.n, dtype=np.int64)
+        if dropped.nnz:
+            dropped.eliminate_zeros()
+            rows = np.repeat(np.arange(self.n), np.diff(dropped.indptr))
+            np.maximum.at(xm, rows, dropped.data.astype(np.int64))
+        if self.excluded_max is not None:
+            xm = np.maximum(xm, self.excluded_max)
+        return CoactGraph(counts=kept, freq=self.freq, n_tokens=self.n_tokens, meta=dict(self.meta, k=int(k)),
+                          excluded_max=xm)
+
     def subgraph(self, nodes: Any) -> "CoactGraph":
         """The graph induced on ``nodes`` (new ids 0..len(nodes)-1 in the given order), same ``n_tokens``."""
         nodes = np.asarray(nodes, dtype=np.int64)
+        xm = None if self.excluded_max is None else self.excluded_max[nodes]
         return CoactGraph(counts=self.counts[nodes][:, nodes], freq=self.freq[nodes], n_tokens=self.n_tokens,
-                          meta=dict(self.meta))
+                          meta=dict(self.meta), excluded_max=xm)
 
     def __repr__(self) -> str:
-        return f"CoactGraph(n={self.n}, edges={self.n_edges}, n_tokens={self.n_tokens})"
+        kind = ", candidate" if self.is_candidate else ""
+        return f"CoactGraph(n={self.n}, edges={self.n_edges}, n_tokens={self.n_tokens}{kind})"
 
 
 def as_graph(counts: Any, freq: Any | None = None, n_tokens: int | None = None) -> CoactGraph:

@@ -67,15 +67,16 @@ def test_capture_resumes_after_interruption(smollm2, tmp_path, monkeypatch):
     import coact.trace as trace_mod
     from coact.workflow import capture
 
-    kwargs = dict(tokens=384, ctx=128, sparsity=0.9, calib_tokens=128, shard_tokens=128, progress=False)
+    kwargs = dict(tokens=384, ctx=128, sparsity=0.9, calib_tokens=128, shard_tokens=128, ppl_tokens=0,
+                  progress=False)
     real = trace_mod.forward_activations
     calls = {"n": 0}
 
-    def flaky(handle, windows):
+    def flaky(handle, windows, **kw):
         calls["n"] += 1
         if calls["n"] == 3:  # calibration, shard 0, then "crash" in shard 1
             raise KeyboardInterrupt
-        return real(handle, windows)
+        return real(handle, windows, **kw)
 
     monkeypatch.setattr(trace_mod, "forward_activations", flaky)
     with pytest.raises(KeyboardInterrupt):

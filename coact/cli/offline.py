@@ -18,10 +18,11 @@ from coact.cli.render import render_pipelines
 from coact.compare import run_compare
 from coact.demo import DemoConfig, run_demo
 from coact.errors import CoactError
+from coact.export_model import MODEL_FORMATS
 from coact.sparsify import SPARSIFIERS
-from coact.stats import CoactStats
-from coact.workflow import capture, count, evaluate_layouts, export as export_layout_file, layout_objective, \
-    capture_at_budget, measure_perplexity, pack, replay_pack, require, solve_layouts
+from coact.stats import DEFAULT_TOP_K, CoactStats
+from coact.workflow import accuracy_line, capture, count, evaluate_layouts, export as export_layout_file, \
+    layout_objective, capture_at_budget, measure_perplexity, pack, replay_pack, require, solve_layouts
 from runtime.caches import CACHES
 from runtime.engines import ENGINES
 from runtime.layout import EXPORT_FORMATS, load_layout
@@ -98,6 +99,10 @@ def trace(
                                                                 "fraction of dense (e.g. 0.05 = +5 %)."),
     allocation: str = typer.Option("uniform", help="With --max-ppl-increase: 'uniform' (one sparsity, fast) or "
                                                    "'sensitivity' (per layer, by measured layer sensitivity)."),
+    forward: str = typer.Option("dense", help="'dense': record the dense model's active sets; 'sparse': record "
+                                              "while the model computes sparsely (what the flash engine meets)."),
+    ppl_tokens: int = typer.Option(512, help="Held-out tokens next to the captured range on which the trace's "
+                                             "perplexity cost is measured and recorded (0: skip)."),
     json_out: bool = typer.Option(False, "--json", help="Print the trace metadata as JSON."),
 ) -> None:
     """Capture bit-packed active sets of every FFN layer. Resumes after interruption (run the same command again).
@@ -108,10 +113,11 @@ def trace(
     if max_ppl_increase is not None:
         tr, op = capture_at_budget(model, corpus, out, max_ppl_increase=max_ppl_increase, allocation=allocation,
                                    tokens=tokens, start=start, ctx=ctx, calib_tokens=calib_tokens,
-                                   progress=not json_out)
+                                   forward=forward, ppl_tokens=ppl_tokens, progress=not json_out)
     else:
         tr = capture(model, corpus, out, tokens=tokens, start=start, ctx=ctx, method=method, sparsity=sparsity,
-                     calib_tokens=calib_tokens, thresholds_from=thresholds_from, progress=not json_out)
+                     calib_tokens=calib_tokens, thresholds_from=thresholds_from, forward=forward,
+                     ppl_tokens=ppl_tokens, progress=not json_out)
     if json_out:
         emit_json({**tr.meta, "operating_point": None if op is None else op.to_dict()})
         return
@@ -122,6 +128,7 @@ def trace(
     sp = tr.meta["achieved_sparsity"]
     out_console.print(f"trace: {tr.n_tokens:,} tokens x {tr.n_layers} layers x {tr.n_neurons} neurons -> {out}")
     out_console.print("achieved sparsity per layer: " + " ".join(f"{x:.3f}" for x in sp))
+    out_console.print(accuracy_line(tr.meta))
 
 
 # ----------------------------------------------------------------------------------------------------------- stats
@@ -131,15 +138,20 @@ def stats(
     out: Path = typer.Option(..., help="Output statistics folder."),
     start: int = typer.Option(0, help="First token of the trace to count."),
     stop: Optional[int] = typer.Option(None, help="Token after the last one to count (default: all)."),
+    top_k: int = typer.Option(DEFAULT_TOP_K, "--top-k", help="Partners kept per neuron (candidate graph)."),
+    dense: bool = typer.Option(False, "--dense", help="Keep every pair (dense counts; only if they fit in memory)."),
+    executor: Optional[str] = typer.Option(None, help="Where layer jobs run: local, local:N, ray, ray:ADDRESS."),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Exact per-layer activation and co-activation counts (written atomically with a digest).
+    """Exact per-layer activation and co-activation counts (written atomically with a digest): by default the
+    candidate graph (each neuron's top-k partners, exact counts, sharded per layer), --dense for every pair.
 
     Example: coact stats traces/pydoc-profile --out stats/pydoc
     """
-    st = count(trace_dir, out, start=start, stop=stop, progress=not json_out)
+    st = count(trace_dir, out, start=start, stop=stop, top_k=top_k, dense=dense, executor=executor,
+               progress=not json_out)
     info = {"out": str(out), "n_tokens": st.n_tokens, "n_layers": st.n_layers, "n_neurons": st.n_neurons,
-            "digest": st.digest}
+            "kind": st.kind, "top_k": st.top_k, "digest": st.digest}
     if json_out:
         emit_json(info)
     else:
@@ -211,7 +223,8 @@ def evaluate(
         emit_json(rows)
         return
     n = rows[0]["n_tokens"] if rows else 0
-    t = Table(title=f"simulated on {n:,} tokens (collapse {collapse})")
+    t = Table(title=f"simulated on {n:,} tokens (collapse {collapse})",
+              caption=accuracy_line(rows[0]) if rows else None)
     for col in ("solver", "mean run length", "reads/token", "KiB read/token", "over-read"):
         t.add_column(col, justify="right")
     for r in rows:
@@ -264,6 +277,7 @@ def replay_cmd(
         emit_json(rep.to_dict())
         return
     out_console.print(rep.table())
+    out_console.print("trace: " + accuracy_line(rep.config))
     if per_layer:
         out_console.print(rep.layer_table())
 
@@ -310,7 +324,8 @@ def compare(
     if json_out:
         emit_json(cmp.rows if real_res is None else {"rows": cmp.rows, "real": real_res})
         return
-    t = Table(title=f"solvers on {len(cmp.bound_per_layer) or '?'} layers; bound = {cmp.bound or float('nan'):,.0f}")
+    t = Table(title=f"solvers on {len(cmp.bound_per_layer) or '?'} layers; bound = {cmp.bound or float('nan'):,.0f}",
+              caption="held-out trace: " + accuracy_line({"accuracy": cmp.accuracy}))
     t.add_column("solver", no_wrap=True)
     for col in ("objective", "gap %", "mean run", "vs ripple", "reads/tok", "solve s"):
         t.add_column(col, justify="right", no_wrap=True)
@@ -381,12 +396,18 @@ def perplexity(
 @command()
 def export(
     layout: Path = typer.Argument(..., help="Layout file."),
-    fmt: str = typer.Option("json", "--format", help=f"One of {', '.join(EXPORT_FORMATS)}."),
+    fmt: str = typer.Option("json", "--format", help=f"One of {', '.join(EXPORT_FORMATS + MODEL_FORMATS)}: the "
+                            "layout itself, or (hf, gguf) the model with its FFN neurons in layout order."),
     out: Optional[Path] = typer.Option(None, help="Output path (default: layout path with the new suffix)."),
+    model: Optional[str] = typer.Option(None, help="hf/gguf: the model to permute (default: the named model the "
+                                                   "layout was made for); gguf needs a named model or a .gguf."),
 ) -> None:
-    """Export a layout for an inference engine.
+    """Export a layout for an inference engine, or the model itself with its FFN neurons in layout order (the
+    layout digest goes into the model's metadata; `coact verify MODEL` shows it). GGUF: gate/up keep their
+    quantisation (rows move whole), ffn_down is stored de-quantised as F32 (its blocks run along the neurons).
 
     Example: coact export layouts/ripple.safetensors --format csv
+             coact export layouts/ripple.safetensors --format gguf --model smollm2 --out smollm2-ripple.gguf
     """
-    target = export_layout_file(layout, fmt, out)
+    target = export_layout_file(layout, fmt, out, model=model)
     out_console.print(f"{fmt} -> {target}")

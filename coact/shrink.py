@@ -1,0 +1,250 @@
+"""Statistics that combine and shrink: weighted domain mixtures, shrinkage toward independence, held-out choice of
+the shrinkage strength and of the domain weights (worst domain first).
+
+Why: a placement is only as good as its statistics on the text it will meet, and users deploy on text nobody
+profiled (issue 13). Three tools, all on the per-layer co-activation counts of :mod:`coact.stats`:
+
+- **Weighted mixtures.** Counts of different domains are made comparable as probabilities (``c_ij / T_d``) and
+  averaged with weights ``w_d`` (summing to 1): ``p_ij = sum_d w_d c_ij^(d) / T_d``. Unweighted merging (the plain
+  sum of counts) would let the domain profiled longest dominate.
+- **Shrinkage toward the product of marginals.** With few tokens, rare pairs are noisy and pairs never seen count
+  as zero. Shrinking toward the independence prior ``p_i p_j`` (the co-activation rate of two neurons that fire
+  independently at their own rates) gives::
+
+      p'_ij = (p_ij + a * p_i * p_j) / (1 + a)          (counts: c'_ij = (c_ij + a f_i f_j / T) / (1 + a))
+
+  ``a = 0`` is no shrinkage; large ``a`` orders pairs by how hot both neurons are (a frequency-like placement). The
+  marginals ``p_i`` are left unchanged (the diagonal of the prior is p_i itself, not p_i^2), so the objective's
+  ``sum |A|`` term is unchanged. The prior has every pair, so a shrunk layer is a dense graph (N^2/2 edges).
+- **Held-out choices.** :func:`choose_alpha` picks ``a`` by the mean run length (or the pair log-likelihood) on a
+  validation part of the *profiling* tokens; :func:`worst_case_weights` searches the simplex of domain weights for
+  the weights whose *worst* validation domain (relative to that domain's own in-domain layout) is best.
+
+Solvers take integer counts (:class:`solvers.graph.CoactGraph`), so :func:`to_graph` scales the real-valued
+weights to counts in units of ``1 / resolution`` token (default 1/1000) and rounds: a relative rounding error below
+1e-3 on every pair seen at least once, and ripple-like solvers only use the order of the weights.
+
+:func:`merge_stats` (``coact stats-merge``) combines saved statistics with :func:`coact.stats.merge`.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import scipy.sparse as sp
+
+from coact.errors import CoactError
+from common.bits import unpack_bits
+from solvers.graph import CoactGraph
+
+__all__ = ["LayerCounts", "mixture", "shrink", "to_graph", "run_stats", "mean_run_length", "pair_loglik",
+           "choose_alpha", "simplex_grid", "worst_case_weights", "merge_stats", "shrunk_graphs", "layer_counts"]
+
+#: Default resolution of :func:`to_graph`: weights are counts in thousandths of a token.
+RESOLUTION = 1000
+
+
+class ShrinkError(CoactError):
+    """Bad weights, shrinkage strength or inputs of different shapes."""
+
+
+@dataclass
+class LayerCounts:
+    """One layer's statistics as real-valued counts: ``coact`` [N, N] symmetric with the diagonal = ``freq``,
+    ``n_tokens`` tokens (real-valued after mixing: the reference token count)."""
+
+    coact: np.ndarray
+    freq: np.ndarray
+    n_tokens: float
+
+
+def layer_counts(packed: np.ndarray, n_neurons: int) -> LayerCounts:
+    """Exact counts of one layer from bit-packed active sets uint8 [T, nb] (BLAS syrk through float32: exact below
+    2^24 tokens)."""
+    x = np.ascontiguousarray(unpack_bits(packed, n_neurons), dtype=np.float32)
+    c = (x.T @ x).astype(np.float64)
+    return LayerCounts(c, np.diagonal(c).copy(), float(x.shape[0]))
+
+
+def check_weights(weights: Sequence[float], n: int) -> np.ndarray:
+    """Weights as a float array summing to 1 (given ones are normalised); refuse negatives, all-zero, wrong length."""
+    w = np.asarray(list(weights), dtype=np.float64)
+    if w.shape != (n,):
+        raise ShrinkError(f"{len(w)} weights for {n} statistics")
+    if np.any(~np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
+        raise ShrinkError(f"weights must be >= 0 and not all zero, got {list(weights)}")
+    return w / w.sum()
+
+
+def mixture(parts: Sequence[LayerCounts], weights: Sequence[float] | None = None) -> LayerCounts:
+    """``sum_d w_d * counts_d / T_d`` scaled back to the total tokens (so equal weights on equal token counts give
+    the plain sum). ``weights=None``: proportional to the token counts (the plain sum of counts)."""
+    if not parts:
+        raise ShrinkError("a mixture needs at least one part")
+    T = np.array([p.n_tokens for p in parts], dtype=np.float64)
+    if np.any(T <= 0):
+        raise ShrinkError("every part needs at least one token")
+    w = T / T.sum() if weights is None else check_weights(weights, len(parts))
+    total = float(T.sum())
+    coact = sum((wd * total / td) * p.coact for wd, td, p in zip(w, T, parts))
+    freq = sum((wd * total / td) * p.freq for wd, td, p in zip(w, T, parts))
+    return LayerCounts(np.asarray(coact, dtype=np.float64), np.asarray(freq, dtype=np.float64), total)
+
+
+def shrink(lc: LayerCounts, alpha: float) -> LayerCounts:
+    """``c'_ij = (c_ij + alpha * f_i f_j / T) / (1 + alpha)`` off the diagonal; the diagonal (freq) unchanged."""
+    a = float(alpha)
+    if not a >= 0:
+        raise ShrinkError(f"shrinkage strength must be >= 0, got {alpha}")
+    if a == 0:
+        return lc
+    f = lc.freq.astype(np.float64)
+    out = (lc.coact + a * np.outer(f, f) / lc.n_tokens) / (1.0 + a)
+    np.fill_diagonal(out, f)
+    return LayerCounts(out, f.copy(), lc.n_tokens)
+
+
+def to_graph(lc: LayerCounts, resolution: int = RESOLUTION, meta: dict[str, Any] | None = None) -> CoactGraph:
+    """The integer :class:`CoactGraph` the solvers consume: counts in units of ``1/resolution`` token, rounded."""
+    c = np.rint(lc.coact * resolution)
+    np.fill_diagonal(c, 0)
+    m = sp.csr_array(c.astype(np.int64))
+    freq = np.rint(lc.freq * resolution).astype(np.int64)
+    return CoactGraph(counts=m, freq=freq, n_tokens=int(round(lc.n_tokens * resolution)),
+                      meta={"resolution": int(resolution), **(meta or {})})
+
+
+# ------------------------------------------------------------------------------------------------ held-out metrics
+def run_stats(perm: np.ndarray, packed: np.ndarray, n_neurons: int) -> tuple[int, int]:
+    """(loaded, runs) of one layer's active sets (uint8 [T, nb]) under placement ``perm`` (no cache, no collapse):
+    the mean run length is loaded / runs (docs/DESIGN.md §2)."""
+    a = unpack_bits(packed, n_neurons)[:, np.asarray(perm)]
+    loaded = int(a.sum())
+    runs = int(a[:, 0].sum()) + int((a[:, 1:] & ~a[:, :-1]).sum())
+    return loaded, runs
+
+
+def mean_run_length(perm: np.ndarray, packed: np.ndarray, n_neurons: int) -> float:
+    loaded, runs = run_stats(perm, packed, n_neurons)
+    return loaded / runs if runs else 0.0
+
+
+def pair_loglik(lc: LayerCounts, val: LayerCounts, eps: float = 1e-9) -> float:
+    """Mean per-token Bernoulli log-likelihood of the validation pairs under the pair rates of ``lc``
+    (``p_ij = c_ij / T``), over pairs i < j: a solver-free criterion for the shrinkage strength."""
+    p = np.clip(lc.coact / lc.n_tokens, eps, 1 - eps)
+    iu = np.triu_indices(p.shape[0], 1)
+    v, pv = val.coact[iu], p[iu]
+    return float((v * np.log(pv) + (val.n_tokens - v) * np.log1p(-pv)).sum() / val.n_tokens)
+
+
+def choose_alpha(
+    train: Sequence[LayerCounts],
+    val_packed: Sequence[np.ndarray],
+    alphas: Iterable[float],
+    solve: Callable[[CoactGraph], np.ndarray],
+    *,
+    criterion: str = "runs",
+) -> tuple[float, dict[float, float]]:
+    """The shrinkage strength with the best validation score, and every score.
+
+    ``train[l]``: the counts of layer l on the profiling part minus the validation tokens; ``val_packed[l]``: the
+    validation tokens' active sets of that layer (uint8 [T, nb]). ``criterion="runs"``: solve each layer with
+    ``solve`` and score the pooled mean run length on the validation tokens; ``"loglik"``: the pair
+    log-likelihood (no solve). Ties go to the smaller alpha (less change to the data).
+    """
+    if criterion not in ("runs", "loglik"):
+        raise ShrinkError(f"unknown criterion {criterion!r}; choose 'runs' or 'loglik'")
+    if len(train) != len(val_packed):
+        raise ShrinkError("one validation array per training layer")
+    scores: dict[float, float] = {}
+    for a in sorted({float(x) for x in alphas}):
+        if criterion == "runs":
+            lo = ru = 0
+            for lc, vp in zip(train, val_packed):
+                l_, r_ = run_stats(solve(to_graph(shrink(lc, a))), vp, lc.freq.shape[0])
+                lo, ru = lo + l_, ru + r_
+            scores[a] = lo / ru if ru else 0.0
+        else:
+            scores[a] = float(np.mean([pair_loglik(shrink(lc, a), layer_counts(vp, lc.freq.shape[0]))
+                                       for lc, vp in zip(train, val_packed)]))
+    best = max(scores, key=lambda k: (scores[k], -k))
+    return best, scores
+
+
+def simplex_grid(n: int, step: float) -> list[tuple[float, ...]]:
+    """All weight vectors of ``n`` non-negative multiples of ``step`` summing to 1 (e.g. n=4, step=0.25: 35)."""
+    k = int(round(1.0 / step))
+    if k < 1 or abs(k * step - 1.0) > 1e-9:
+        raise ShrinkError(f"step must divide 1, got {step}")
+    out = []
+    for cuts in itertools.combinations(range(k + n - 1), n - 1):
+        parts, prev = [], -1
+        for c in cuts + (k + n - 1,):
+            parts.append(c - prev - 1)
+            prev = c
+        out.append(tuple(p / k for p in parts))
+    return out
+
+
+def worst_case_weights(
+    score: Callable[[tuple[float, ...]], Sequence[float]],
+    n_domains: int,
+    *,
+    step: float = 0.25,
+    reference: Sequence[float] | None = None,
+) -> tuple[tuple[float, ...], dict[tuple[float, ...], list[float]]]:
+    """Domain weights maximising the worst validation domain.
+
+    ``score(w)`` returns one validation score per domain (higher is better, e.g. the mean run length of the layout
+    profiled on mixture ``w``); with ``reference`` (each domain's score under its own in-domain layout) the worst
+    *ratio* is maximised, so a domain whose text simply has shorter runs does not decide alone. Ties: the weights
+    closest to uniform. Returns the best weights and every grid point's scores.
+    """
+    ref = None if reference is None else np.asarray(reference, dtype=np.float64)
+    table: dict[tuple[float, ...], list[float]] = {}
+    for w in simplex_grid(n_domains, step):
+        table[w] = [float(x) for x in score(w)]
+
+    def key(w: tuple[float, ...]) -> tuple[float, float]:
+        s = np.asarray(table[w])
+        worst = float(np.min(s / ref)) if ref is not None else float(np.min(s))
+        return worst, -float(np.abs(np.asarray(w) - 1.0 / n_domains).sum())
+
+    return max(table, key=key), table
+
+
+# ------------------------------------------------------------------------------------------------ whole statistics
+def shrunk_graphs(stats: Any, alpha: float, resolution: int = RESOLUTION) -> Iterator[CoactGraph]:
+    """The shrunk graph of every layer of a :class:`coact.stats.CoactStats` (one layer in memory at a time), for
+    :func:`solvers.base.solve_layers`."""
+    for l in range(stats.n_layers):
+        f, c, T = stats.layer(l)
+        lc = LayerCounts(np.asarray(c, dtype=np.float64), np.asarray(f, dtype=np.float64), float(T))
+        yield to_graph(shrink(lc, alpha), resolution, meta={"layer": l, "alpha": float(alpha)})
+
+
+def merge_stats(paths: Sequence[str | Path], weights: Sequence[float] | None = None,
+                out: str | Path | None = None) -> Any:
+    """``coact stats-merge``: load saved statistics, combine them with :func:`coact.stats.merge` (weights: each
+    input's share of the result; None: the plain sum of counts) and save to ``out``."""
+    from coact import stats as stats_mod
+    from coact.workflow import require
+
+    if len(paths) < 2:
+        raise ShrinkError("give at least two statistics folders to merge")
+    if weights is not None:
+        check_weights(weights, len(paths))
+    merge = getattr(stats_mod, "merge", None)
+    if merge is None:  # pragma: no cover - until coact.stats.merge lands
+        raise ShrinkError("this coact.stats has no merge(stats_list, weights); update coact")
+    if out is not None:
+        stats_mod.check_stats_output(out, inputs=tuple(paths))
+    loaded = [stats_mod.CoactStats.load(require(p, "statistics")) for p in paths]
+    merged = merge(loaded, weights=None if weights is None else list(weights))
+    if out is not None:
+        merged.save(out)
+    return merged
