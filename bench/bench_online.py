@@ -1,52 +1,105 @@
-"""Run SmolLM2 from flash: tokens/s and ms/token (compute vs I/O) for dense-from-flash, identity (llmflash-like)
-and ripple, at CATS 40 % (~+19 % perplexity) and 90 % (stress), fp16 packs, 10 % DRAM budget.
+"""Run SmolLM2 from flash at accuracy budgets: tokens/s of the named pipelines at the same DRAM budget, the same
+engine and the same perplexity; a DRAM budget sweep; an accuracy-latency plot.
 
-Steps: capture a CATS trace per sparsity (tokens [0, PROFILE) of the built-in corpus), count co-activations, solve
-the ripple layout; pack fp16 (identity once, ripple per sparsity); measure in-memory perplexity of each operating
-point on held-out tokens; then generate from flash with each pipeline (same prompt, same thresholds):
+Operating points (docs/DESIGN.md §8, issue "Accuracy first"): CATS thresholds chosen by
+``coact.workflow.choose_operating_point`` for +5 % and +20 % perplexity (uniform sparsity, calibrated on corpus
+tokens [0, 1024), validated on [1024, 1536)), plus the 90 % stress regime ("the sparsity of ReLU models; destroys
+this model's accuracy"). Per operating point:
 
-- dense: every layer's whole region read per token (1 MiB requests), no cache, no prefetch (sparse compute);
-- identity: original order, window cache k=5, no collapse, prefetch (llmflash-like);
-- ripple: ripple layout, ripple cache (run-aware S3-FIFO), collapse gap 2 bundles, prefetch.
+1. a profiling trace of tokens [0, PROFILE) recorded with the *sparse* forward (what the engine meets; option
+   ``--forward dense`` for the other), its statistics, the ripple layout and the best solver's layout;
+2. fp16 up-down packs: identity (shared), ripple, best;
+3. in-memory perplexity (dense and sparse) on held-out tokens [HELD, HELD + PPL): the flash engine is exact
+   (tests/test_online.py), so every pipeline runs at exactly this perplexity;
+4. the pipelines of :mod:`runtime.pipelines` on the engine (:mod:`coact.online_pipelines`): dense (whole regions,
+   sparse compute), llmflash (identity, window k=5, no collapse), ripple (ripple layout, ripple cache, collapse at
+   break-even), coact (best layout, cache and collapse chosen by simulation on the profiling trace); each
+   generates TOKENS tokens after an 8-token held-out prompt, interleaved over ``--repeats`` rounds (median).
 
-Usage: .venv/bin/python bench/bench_online.py [--tokens 24] [--profile 2048] [--out bench/results/online.json]
+Then, at the +20 % point, the budget sweep (``--sweep``, default 0, 5, 10, 20, 40 % of the FFN bytes).
+Writes bench/results/online.json, online.md, online_sweep.png, online_accuracy_latency.png.
+
+Usage: .venv/bin/python bench/bench_online.py [--tokens 16] [--repeats 2] [--budgets 0.05,0.2] [--stress 0.9]
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from coact.accuracy import perplexity  # noqa: E402
 from coact.corpus import load_text, tokenize  # noqa: E402
+from coact.flash import quick_cost_model  # noqa: E402
 from coact.models import load_model  # noqa: E402
 from coact.online import FlashModel  # noqa: E402
+from coact.online_pipelines import resolve_flash_pipeline  # noqa: E402
 from coact.sparsify import get_sparsifier  # noqa: E402
-from coact.workflow import capture, count, ensure_pack, solve_layouts  # noqa: E402
+from coact.workflow import bundle_bytes, capture, choose_operating_point, count, ensure_pack, \
+    measure_perplexity, solve_layouts  # noqa: E402
+from runtime.device import CostModel  # noqa: E402
 from runtime.direct import direct_io_supported  # noqa: E402
 from runtime.layout import Layout  # noqa: E402
 
-PIPELINES = {
-    "dense": dict(dense=True, policy="none", prefetch=False),
-    "identity": dict(policy="window", policy_params={"k": 5}, collapse=0, prefetch=True),
-    "ripple": dict(policy="ripple", collapse=2, prefetch=True),
-}
+PIPES = ("dense", "llmflash", "ripple", "coact")
+LAYOUT_OF = {"dense": "identity", "llmflash": "identity", "ripple": "ripple", "coact": "best"}
+WIKITEXT = str(ROOT.parent / "shared" / "corpora" / "wikitext2-test.txt")
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def run_engine(pack: Path, h: Any, sp: Any, opts: dict[str, Any], *, budget: float, cm: CostModel,
+               prompt: list[int], tokens: int) -> dict[str, Any]:
+    with FlashModel(pack, h, sparsifier=sp, budget=budget, cost_model=cm, **opts) as fm:
+        fm.generate(prompt, tokens)
+        return fm.report(skip=4)  # the first tokens warm the cache and the kernels
+
+
+def row_of(rep: dict[str, Any]) -> dict[str, Any]:
+    ms = rep["ms_per_token"]
+    return {"tokens_per_s": rep["tokens_per_s"], "ms_per_token": ms["wall"], "p50_ms": ms["p50"],
+            "p99_ms": ms["p99"], "compute_ms": ms["compute"], "attention_ms": ms["attention"], "gate_ms": ms["gate"],
+            "ffn_ms": ms["ffn"], "decode_cache_ms": ms["decode_and_cache"], "io_wait_ms": ms["io_wait"],
+            "io_total_ms": ms["io_total"], "io_hidden_ms": ms["io_hidden"],
+            "mb_read_per_token": rep["per_token"]["bytes_read"] / 1e6, "reads_per_token": rep["per_token"]["reads"],
+            "hit_rate": rep["hit_rate"], "prefetch_precision": rep["prefetch"]["precision_vs_load"],
+            "prefetch_recall": rep["prefetch"]["recall_vs_load"],
+            "dram_cache_mb": rep["dram"]["cache_bytes"] / 1e6}
+
+
+def median_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k in rows[0]:
+        vals = [r[k] for r in rows if r[k] is not None]
+        out[k] = statistics.median(vals) if vals else None
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--tokens", type=int, default=24, help="generated tokens per run (after an 8-token prompt)")
-    ap.add_argument("--profile", type=int, default=2048, help="profiling trace tokens")
+    ap.add_argument("--tokens", type=int, default=16, help="generated tokens per run (after an 8-token prompt)")
+    ap.add_argument("--repeats", type=int, default=2, help="interleaved rounds per pipeline (median)")
+    ap.add_argument("--profile", type=int, default=4096, help="profiling trace tokens")
     ap.add_argument("--ppl-tokens", type=int, default=1024)
     ap.add_argument("--budget", type=float, default=0.10)
+    ap.add_argument("--budgets", default="0.05,0.2", help="accuracy budgets (perplexity increase)")
+    ap.add_argument("--stress", type=float, default=0.9, help="stress-regime sparsity (0: skip)")
+    ap.add_argument("--sweep", default="0,0.05,0.1,0.2,0.4", help="DRAM budgets swept at the +20 %% point")
     ap.add_argument("--engine", default="threads:16")
-    ap.add_argument("--sparsities", default="0.4,0.9")
+    ap.add_argument("--best-solver", default="local-search")
+    ap.add_argument("--best-time-limit", type=float, default=2.0)
+    ap.add_argument("--forward", default="sparse", choices=("dense", "sparse"))
+    ap.add_argument("--corpus", default=WIKITEXT)
+    ap.add_argument("--cost", default=None, help="cost model JSON (default: a quick profile in the workdir)")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "online.json"))
     args = ap.parse_args()
@@ -54,58 +107,174 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     if not direct_io_supported(work):
         sys.exit(f"{work}: no O_DIRECT")
+    t_start = time.time()
+    load0 = os.getloadavg()
     h = load_model("smollm2")
-    stream = tokenize(load_text("pydoc"), h.tokenizer)
-    prompt = stream[args.profile + args.ppl_tokens : args.profile + args.ppl_tokens + 8].tolist()
-    ident = Layout([list(range(h.n_neurons))] * h.n_layers, model_id=h.model_id, solver="identity")
-    packs = {"identity": ensure_pack(h, ident, work / "identity.pack", dtype="fp16")}
-    results = []
-    dense_ppl = perplexity(h, stream, start=args.profile, tokens=args.ppl_tokens, ctx=256).ppl
-    for s in [float(x) for x in args.sparsities.split(",")]:
-        tr = capture(h, "pydoc", work / f"trace-{s}", tokens=args.profile, ctx=256, sparsity=s,
-                     calib_tokens=1024, progress=False)
+    stream = tokenize(load_text(args.corpus), h.tokenizer)
+    held = args.profile + 512  # held-out tokens start after the profile (+ a gap)
+    prompt = stream[held + args.ppl_tokens : held + args.ppl_tokens + 8].tolist()
+    cm = CostModel.load(args.cost) if args.cost else quick_cost_model(work, log)
+    bb = bundle_bytes("up-down", "fp16", h.d_model)
+    ident = Layout.identity(h.n_neurons, h.n_layers, model_id=h.model_id)
+    id_pack = ensure_pack(h, ident, work / "identity.pack", dtype="fp16")
+
+    points: list[tuple[str, dict[str, Any]]] = []
+    for b in [float(x) for x in args.budgets.split(",") if x]:
+        points.append((f"+{b:.0%}", {"budget": b}))
+    if args.stress:
+        points.append((f"stress {args.stress:.0%}", {"sparsity": args.stress}))
+
+    results: list[dict[str, Any]] = []
+    sweep: list[dict[str, Any]] = []
+    for label, spec in points:
+        log(f"operating point {label}")
+        if "budget" in spec:
+            op = choose_operating_point(h, args.corpus, spec["budget"], calib_tokens=1024, validation_tokens=512,
+                                        progress=False)
+            thr, mean_sp = op.thresholds, op.mean_sparsity
+        else:
+            thr, mean_sp = None, spec["sparsity"]
+        tr = capture(h, args.corpus, work / f"trace-{label.replace(' ', '_').replace('%', '')}",
+                     tokens=args.profile, ctx=256, sparsity=min(max(mean_sp, 0.01), 0.99), calib_tokens=1024,
+                     thresholds=thr, forward=args.forward, ppl_tokens=0, progress=False)
         thr = tr.meta["sparsifier"]["thresholds"]
-        sp = get_sparsifier("cats", sparsity=s, thresholds=thr)
-        ppl = perplexity(h, stream, start=args.profile, tokens=args.ppl_tokens, ctx=256, sparsifier=sp).ppl
+        sp = get_sparsifier("cats", sparsity=min(max(mean_sp, 0.01), 0.99), thresholds=thr)
+        acc = measure_perplexity(h, args.corpus, start=held, tokens=args.ppl_tokens, thresholds=thr,
+                                 sparsity=min(max(mean_sp, 0.01), 0.99), progress=False)
+        log(f"  perplexity {acc['dense']['ppl']:.2f} -> {acc['sparse']['ppl']:.2f} ({acc['ppl_cost']:+.1%}), "
+            f"mean sparsity {mean_sp:.3f}")
         st = count(tr, progress=False)
+        lays = {"identity": ident}
         t0 = time.time()
-        lay = solve_layouts(st, ["ripple"], progress=False)["ripple"][0]
-        solve_s = time.time() - t0
-        packs[f"ripple-{s}"] = ensure_pack(h, lay, work / f"ripple-{s}.pack", dtype="fp16")
-        for name, cfg in PIPELINES.items():
-            pack = packs[f"ripple-{s}"] if name == "ripple" else packs["identity"]
-            with FlashModel(pack, "smollm2", sparsifier=sp, budget=args.budget, engine=args.engine, **cfg) as fm:
-                fm.generate(prompt, args.tokens)
-                rep = fm.report(skip=4)  # the first tokens warm the cache and the kernels
-            ms = rep["ms_per_token"]
-            row = {"sparsity": s, "pipeline": name, "ppl": ppl, "ppl_dense": dense_ppl,
-                   "ppl_cost": ppl / dense_ppl - 1, "tokens_per_s": rep["tokens_per_s"],
-                   "ms_per_token": ms["wall"], "p50_ms": ms["p50"], "p99_ms": ms["p99"],
-                   "compute_ms": ms["compute"], "attention_ms": ms["attention"], "gate_ms": ms["gate"],
-                   "ffn_ms": ms["ffn"], "decode_cache_ms": ms["decode_and_cache"], "io_wait_ms": ms["io_wait"],
-                   "io_total_ms": ms["io_total"], "io_hidden_ms": ms["io_hidden"],
-                   "mb_read_per_token": rep["per_token"]["bytes_read"] / 1e6,
-                   "reads_per_token": rep["per_token"]["reads"], "hit_rate": rep["hit_rate"],
-                   "prefetch_precision": rep["prefetch"]["precision_vs_load"],
-                   "prefetch_recall": rep["prefetch"]["recall_vs_load"],
-                   "dram_cache_mb": rep["dram"]["cache_bytes"] / 1e6,
-                   "dram_buffers_mb": rep["dram"]["read_buffers"] / 1e6, "ripple_solve_s": solve_s}
-            results.append(row)
-            print(json.dumps(row), file=sys.stderr, flush=True)
-    hdr = ("sparsity", "pipeline", "ppl", "tok/s", "ms/tok", "p99", "compute", "io_wait", "io_hidden", "MB/tok",
-           "reads/tok", "hit", "pf prec/rec")
-    print(" | ".join(hdr))
+        lays["ripple"] = solve_layouts(st, ["ripple"], progress=False)["ripple"][0]
+        ripple_s = time.time() - t0
+        t0 = time.time()
+        lays["best"] = solve_layouts(st, [args.best_solver], time_limit=args.best_time_limit,
+                                     progress=False)[args.best_solver][0]
+        best_s = time.time() - t0
+        tag = label.replace(" ", "_").replace("%", "").replace("+", "p")
+        packs = {"identity": id_pack,
+                 "ripple": ensure_pack(h, lays["ripple"], work / f"ripple-{tag}.pack", dtype="fp16"),
+                 "best": ensure_pack(h, lays["best"], work / f"best-{tag}.pack", dtype="fp16")}
+        prof = tr.packed()
+
+        def configs(budget: float) -> dict[str, tuple[Path, dict[str, Any], Any]]:
+            out = {}
+            for name in PIPES:
+                key = LAYOUT_OF[name]
+                pipe, opts, notes = resolve_flash_pipeline(name, lays[key], bundle_bytes=bb, budget=budget,
+                                                           cost_model=cm, profile_packed=prof,
+                                                           engine=args.engine.split(":")[0],
+                                                           queue_depth=int(args.engine.split(":")[1]))
+                out[name] = (packs[key], opts, pipe.describe())
+            return out
+
+        cfgs = configs(args.budget)
+        per: dict[str, list[dict[str, Any]]] = {n: [] for n in PIPES}
+        for r in range(args.repeats):
+            for name in PIPES:
+                pack, opts, _ = cfgs[name]
+                per[name].append(row_of(run_engine(pack, h, sp, opts, budget=args.budget, cm=cm, prompt=prompt,
+                                                   tokens=args.tokens)))
+                log(f"  round {r} {name}: {per[name][-1]['tokens_per_s']:.2f} tok/s")
+        for name in PIPES:
+            results.append({"point": label, "pipeline": name, "budget": args.budget, "mean_sparsity": mean_sp,
+                            "ppl_dense": acc["dense"]["ppl"], "ppl": acc["sparse"]["ppl"],
+                            "ppl_cost": acc["ppl_cost"], "config": cfgs[name][2],
+                            "ripple_solve_s": ripple_s, "best_solve_s": best_s, **median_row(per[name])})
+        if "budget" in spec and abs(spec["budget"] - 0.2) < 1e-9 and args.sweep:
+            for b in [float(x) for x in args.sweep.split(",") if x]:
+                cfg_b = configs(b)
+                for name in PIPES:
+                    if name == "dense" and b > 0:
+                        continue  # no cache: the budget does not change it
+                    pack, opts, desc = cfg_b[name]
+                    row = row_of(run_engine(pack, h, sp, opts, budget=b, cm=cm, prompt=prompt, tokens=args.tokens))
+                    sweep.append({"point": label, "pipeline": name, "budget": b, "ppl": acc["sparse"]["ppl"],
+                                  "config": desc, **row})
+                    log(f"  sweep {b:.0%} {name}: {row['tokens_per_s']:.2f} tok/s")
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"config": vars(args), "load_avg_start": load0, "load_avg_end": os.getloadavg(),
+            "wall_s": time.time() - t_start, "prompt_tokens": len(prompt)}
+    out.write_text(json.dumps({"meta": meta, "rows": results, "sweep": sweep}, indent=1, default=str))
+    md = render(results, sweep, meta)
+    out.with_suffix(".md").write_text(md)
+    plot(results, sweep, out.parent)
+    print(md)
+
+
+def _f(x: Any, spec: str = ".2f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def render(results: list[dict[str, Any]], sweep: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    lines = [f"load average {meta['load_avg_start'][0]:.1f} -> {meta['load_avg_end'][0]:.1f}; "
+             f"{meta['wall_s'] / 60:.0f} min", "",
+             "| point | pipeline | ppl (cost) | tok/s | vs coact | ms/tok | p99 | compute | I/O wait | I/O hidden | "
+             "wall / max(compute, I/O) | MB/tok | reads/tok | hit | prefetch prec/rec |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    by_point: dict[str, dict[str, dict[str, Any]]] = {}
     for r in results:
-        def f(x, spec=".2f"):
-            return "-" if x is None else format(x, spec)
-        print(" | ".join([f"{r['sparsity']:.0%}", r["pipeline"], f"{r['ppl']:.1f} ({r['ppl_cost']:+.0%})",
-                          f(r["tokens_per_s"]), f(r["ms_per_token"], ".1f"), f(r["p99_ms"], ".1f"),
-                          f(r["compute_ms"], ".1f"), f(r["io_wait_ms"], ".1f"), f(r["io_hidden_ms"], ".1f"),
-                          f(r["mb_read_per_token"], ".1f"), f(r["reads_per_token"], ".0f"), f(r["hit_rate"], ".2f"),
-                          f"{f(r['prefetch_precision'])}/{f(r['prefetch_recall'])}"]))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"config": vars(args), "rows": results}, indent=1))
-    print(json.dumps(results))
+        by_point.setdefault(r["point"], {})[r["pipeline"]] = r
+    for point, rows in by_point.items():
+        c = rows.get("coact", {}).get("tokens_per_s")
+        for name, r in rows.items():
+            io = r["io_total_ms"] or 0.0
+            ratio = r["ms_per_token"] / max(r["compute_ms"] or 0.0, io) if r["ms_per_token"] else None
+            vs = (c / r["tokens_per_s"]) if c and r["tokens_per_s"] else None
+            lines.append(f"| {point} | {name} | {r['ppl']:.2f} ({r['ppl_cost']:+.1%}) | {_f(r['tokens_per_s'])} | "
+                         f"{_f(vs)}x | {_f(r['ms_per_token'], '.0f')} | {_f(r['p99_ms'], '.0f')} | "
+                         f"{_f(r['compute_ms'], '.0f')} | {_f(r['io_wait_ms'], '.0f')} | "
+                         f"{_f(r['io_hidden_ms'], '.0f')} | {_f(ratio)} | {_f(r['mb_read_per_token'], '.1f')} | "
+                         f"{_f(r['reads_per_token'], '.0f')} | {_f(r['hit_rate'])} | "
+                         f"{_f(r['prefetch_precision'])}/{_f(r['prefetch_recall'])} |")
+    if sweep:
+        lines += ["", "| DRAM budget | pipeline | tok/s | ms/tok | MB/tok | hit |", "|---|---|---|---|---|---|"]
+        for r in sweep:
+            lines.append(f"| {r['budget']:.0%} | {r['pipeline']} | {_f(r['tokens_per_s'])} | "
+                         f"{_f(r['ms_per_token'], '.0f')} | {_f(r['mb_read_per_token'], '.1f')} | {_f(r['hit_rate'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: list[dict[str, Any]], sweep: list[dict[str, Any]], folder: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if sweep:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for name in PIPES:
+            pts = sorted((r["budget"], r["tokens_per_s"]) for r in sweep if r["pipeline"] == name)
+            if name == "dense" and pts:
+                ax.axhline(pts[0][1], ls="--", color="grey", label="dense from flash")
+            elif pts:
+                ax.plot([100 * b for b, _ in pts], [t for _, t in pts], marker="o", label=name)
+        ax.set_xlabel("DRAM cache budget (% of FFN bytes)")
+        ax.set_ylabel("tokens/s")
+        ax.set_title(f"SmolLM2 from flash at {sweep[0]['point']} perplexity (ppl {sweep[0]['ppl']:.1f})")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(folder / "online_sweep.png", dpi=120)
+        plt.close(fig)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name in PIPES:
+        pts = sorted((r["ms_per_token"], r["ppl"], r["point"]) for r in results if r["pipeline"] == name
+                     and r["ms_per_token"])
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
+    dense_ppl = results[0]["ppl_dense"] if results else None
+    if dense_ppl:
+        ax.axhline(dense_ppl, ls=":", color="black", label=f"dense model ({dense_ppl:.1f})")
+    ax.set_yscale("log")
+    ax.set_xlabel("ms per token (wall)")
+    ax.set_ylabel("perplexity (held-out WikiText-2)")
+    ax.set_title("accuracy vs latency per pipeline (10 % DRAM)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(folder / "online_accuracy_latency.png", dpi=120)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

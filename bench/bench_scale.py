@@ -1,48 +1,381 @@
-"""Solve-time benchmark at scale (docs/DESIGN.md §6): Ripple-greedy-quality placement of 32 layers x 16,384 neurons.
+"""The scale benchmark (issue 12): the offline side at 7B shape, and the solve at 70B shape, on this machine.
 
-Synthetic co-activation graphs with planted structure (`tests/synthetic.planted_chain_graph`: hidden chains of 16
-neurons plus random noise partners; ~16k nodes, sparse). Reports per solver the total solve time over all layers,
-the objective relative to ripple's, and the share of planted adjacencies recovered.
+Steps (each in a fresh child process, so its peak memory is its own):
 
-Run: .venv/bin/python bench/bench_scale.py [--layers 32] [--n 16384] [--solver ripple --solver local-search]
+1. ``synth``   — `coact synth`: a synthetic trace L x N x T (coact.synth, fitted to SmolLM2);
+2. ``stats``   — candidate statistics (top-k partners, exact counts, ``excluded_max``) through the executor;
+3. ``solve:S`` — each solver S on the candidate graphs through the executor; objective on the candidate graphs
+   (a lower bound of the full objective: dropped pairs count 0);
+4. ``bound``   — the proven upper bound on the FULL graphs from the candidate graphs (solvers.bounds), and the gap
+   of each solver to it;
+5. ``pack``    — a pack of the best layout with seeded synthetic weights at ``--d-model`` (fp16 up-down bundles:
+   16 KiB at d_model 4,096), then deleted unless ``--keep-pack``;
+6. ``replay``  — real O_DIRECT replay of ``--replay-tokens`` tokens of the trace against the pack (plus the I/O-free
+   simulation of ``--sim-tokens`` tokens);
+7. ``ray``     — the solve step of ``--ray-solver`` with Ray on 1 and on 2 local CPUs (speedup; Ray start excluded);
+8. ``solve70b`` — Ripple on ``--big-layers`` x ``--big-n`` candidate graphs (planted chains + noise built in the
+   workers, k = ``--top-k`` partners per neuron), through the local executor.
+
+Per step: wall time and peak RSS — of the step's process and of its whole process tree (pool/Ray workers
+included, sampled every 0.2 s with psutil). Progress bars with an ETA on stderr (rich). Results go to
+``bench/results/scale.json`` and ``bench/results/scale.md``.
+
+Run (the machine is shared: nice):
+  nice -n 10 .venv/bin/python bench/bench_scale.py --layers 32 --neurons 11008 --tokens 100000
+Steps already done are reused from ``--workdir`` (trace, stats, layouts); ``--steps`` picks a subset.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import multiprocessing as mp
+import os
+import resource
+import shutil
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # the repo (common/ may be missing from an old editable install)
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+ALL_STEPS = ["synth", "stats", "solve", "bound", "pack", "replay", "ray", "solve70b"]
+
+
+# ------------------------------------------------------------------------------------------------ measurement
+
+
+def _tree_rss(pid: int) -> int:
+    import psutil
+
+    try:
+        p = psutil.Process(pid)
+        procs = [p] + p.children(recursive=True)
+    except psutil.Error:
+        return 0
+    tot = 0
+    for q in procs:
+        try:
+            tot += q.memory_info().rss
+        except psutil.Error:
+            pass
+    return tot
+
+
+def _child(fn: Callable[..., dict], args: tuple, q: Any) -> None:
+    sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+    try:
+        out = fn(*args)
+        self_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        q.put({"ok": True, "result": out, "self_peak_rss": self_rss})
+    except BaseException as e:  # report, the parent records the failure
+        import traceback
+
+        q.put({"ok": False, "error": f"{type(e).__name__}: {e}", "trace": traceback.format_exc()})
+
+
+def run_step(name: str, fn: Callable[..., dict], *args: Any) -> dict[str, Any]:
+    """Run ``fn(*args)`` in a spawned child; wall time, peak RSS of the child and of its process tree."""
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=_child, args=(fn, args, q))
+    t0 = time.perf_counter()
+    p.start()
+    peak = [0]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], _tree_rss(p.pid))
+            stop.wait(0.2)
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    msg = None
+    while msg is None:
+        try:
+            msg = q.get(timeout=1.0)
+        except Exception:
+            if not p.is_alive():
+                msg = {"ok": False, "error": f"child died with exit code {p.exitcode}"}
+    p.join()
+    secs = time.perf_counter() - t0
+    stop.set()
+    th.join()
+    row = {"step": name, "seconds": round(secs, 2), "peak_rss_tree_gib": round(peak[0] / 2**30, 3),
+           "peak_rss_self_gib": round(msg.get("self_peak_rss", 0) / 2**30, 3), "ok": msg["ok"]}
+    if msg["ok"]:
+        row.update(msg["result"] or {})
+    else:
+        row["error"] = msg["error"]
+        print(msg.get("trace", ""), file=sys.stderr)
+    print(f"[{name}] {json.dumps(row)}", file=sys.stderr, flush=True)
+    return row
+
+
+# ------------------------------------------------------------------------------------------------ the steps
+
+
+def step_synth(wd: str, L: int, N: int, T: int, seed: int, d_model: int) -> dict:
+    from coact.synth import write_synthetic_trace
+
+    out = Path(wd) / "trace"
+    if out.exists():
+        return {"note": "reused"}
+    write_synthetic_trace(out, n_layers=L, n_neurons=N, n_tokens=T, seed=seed, d_model=d_model, progress=True)
+    return {"bytes": sum(f.stat().st_size for f in out.rglob("*") if f.is_file())}
+
+
+def step_stats(wd: str, k: int, executor: str) -> dict:
+    from coact.stats import count_stats
+    from coact.trace import Trace
+
+    out = Path(wd) / "stats"
+    if out.exists():
+        return {"note": "reused"}
+    st = count_stats(Trace.load(Path(wd) / "trace"), top_k=k, executor=executor, progress=True)
+    st.save(out)
+    return {"top_k": k, "bytes": sum(f.stat().st_size for f in out.rglob("*") if f.is_file())}
+
+
+def _layer_loader(stats_dir: str, layer: int) -> Any:
+    """A picklable lazy loader of one layer's candidate graph (a worker loads its own layer)."""
+    from functools import partial
+
+    return partial(_load_layer_graph, stats_dir, layer)
+
+
+def _load_layer_graph(stats_dir: str, layer: int) -> Any:
+    from coact.graph import layer_graph
+    from coact.stats import CoactStats
+
+    return layer_graph(CoactStats.load(stats_dir), layer)
+
+
+def _n_layers(stats_dir: str) -> int:
+    from coact.stats import CoactStats
+
+    return CoactStats.load(stats_dir).n_layers
+
+
+def _objectives(stats_dir: str, perms: list) -> list[int]:
+    from solvers.base import objective
+
+    return [int(objective(p, _load_layer_graph(stats_dir, l))) for l, p in enumerate(perms)]
+
+
+def step_solve(wd: str, solver: str, executor: str, time_limit: float | None) -> dict:
+    import numpy as np
+
+    from coact.progress import bars
+    from solvers.base import solve_layers
+
+    sd = str(Path(wd) / "stats")
+    L = _n_layers(sd)
+    t0 = time.perf_counter()
+    res = solve_layers([_layer_loader(sd, l) for l in range(L)], solver, time_limit=time_limit, executor=executor,
+                       progress=bars(True), n_layers=L)
+    secs = time.perf_counter() - t0
+    np.save(Path(wd) / f"perms_{solver}.npy", np.stack(res.perms))
+    obj = _objectives(sd, res.perms)
+    return {"solver": solver, "solve_seconds": round(secs, 2), "sum_layer_seconds": round(sum(res.seconds), 2),
+            "objective_candidate": int(sum(obj)), "objective_per_layer": obj}
+
+
+def step_bound(wd: str, executor: str, time_limit: float) -> dict:
+    from coact.progress import bars
+    from solvers.bounds import bound_layers, degree_bound
+
+    sd = str(Path(wd) / "stats")
+    L = _n_layers(sd)
+    b = bound_layers([_layer_loader(sd, l) for l in range(L)], executor=executor, progress=bars(True),
+                     n_layers=L, time_limit=time_limit)
+    deg = [degree_bound(_load_layer_graph(sd, l)) for l in range(L)]
+    return {"bound": float(sum(b)), "bound_per_layer": b, "degree_bound": float(sum(deg))}
+
+
+def step_pack(wd: str, solver: str, d_model: int) -> dict:
+    import numpy as np
+
+    from coact.synth_weights import pack_synthetic
+    from runtime.layout import Layout
+
+    perms = np.load(Path(wd) / f"perms_{solver}.npy")
+    lay = Layout(list(perms), model_id="synthetic", solver=solver)
+    out = Path(wd) / "scale.pack"
+    pack_synthetic(lay, out, d_model=d_model, seed=0, progress=True)
+    return {"pack_bytes": out.stat().st_size, "layout": solver}
+
+
+def step_replay(wd: str, tokens: int, sim_tokens: int) -> dict:
+    from coact.trace import Trace
+    from coact.workflow import replay_pack
+    from runtime.pack import PackFile
+    from runtime.replay import simulate
+
+    tr = Trace.load(Path(wd) / "trace")
+    T = tr.n_tokens
+    pack = Path(wd) / "scale.pack"
+    rep = replay_pack(pack, tr, start=T - tokens, stop=T, progress=True)
+    with PackFile(pack) as pf:
+        lay, bb = pf.layout(), pf.bundle_bytes
+    sim = simulate(lay, tr.packed(max(0, T - sim_tokens), T), tr.n_neurons, bundle_bytes=bb)
+    keys = ("n_tokens", "reads_per_token", "bytes_read_per_token", "mean_run_length", "io_time_s",
+            "effective_bandwidth", "latency_ms_p50", "latency_ms_p99")
+    return {"bundle_bytes": bb, "replay": {k: getattr(rep, k) for k in keys},
+            "simulate": {k: getattr(sim, k) for k in keys[:4]}}
+
+
+def step_ray(wd: str, solver: str, time_limit: float | None) -> dict:
+    from common.executors import get_executor
+    from solvers.base import solve_layers
+
+    sd = str(Path(wd) / "stats")
+    L = _n_layers(sd)
+    out = {}
+    perms = {}
+    for w in (1, 2):
+        ex = get_executor(f"ray:{w}")
+        try:
+            ex.map(_n_layers, [sd] * w)  # warm the workers (imports) before timing
+            t0 = time.perf_counter()
+            res = solve_layers([_layer_loader(sd, l) for l in range(L)], solver, time_limit=time_limit, executor=ex)
+            out[f"ray{w}_seconds"] = round(time.perf_counter() - t0, 2)
+            perms[w] = res.perms
+        finally:
+            ex.close()
+    import numpy as np
+
+    out["speedup"] = round(out["ray1_seconds"] / out["ray2_seconds"], 3)
+    out["identical"] = all(np.array_equal(a, b) for a, b in zip(perms[1], perms[2]))
+    out["solver"] = solver
+    return out
+
+
+def _big_graph(n: int, k: int, seed: int) -> Any:
+    """A candidate graph of n neurons (planted chains + noise partners, tests/synthetic.py) cut to top-k."""
+    from synthetic import planted_chain_graph
+
+    return planted_chain_graph(n, seed=seed, noise_degree=k).graph.candidate_graph(k)
+
+
+def step_solve70b(L: int, N: int, k: int, executor: str) -> dict:
+    from functools import partial
+
+    from coact.progress import bars
+    from solvers.base import solve_layers
+
+    t0 = time.perf_counter()
+    res = solve_layers([partial(_big_graph, N, k, l) for l in range(L)], "ripple", executor=executor,
+                       progress=bars(True), n_layers=L)
+    return {"shape": f"{L} x {N}", "top_k": k, "wall_seconds_incl_graph_build": round(time.perf_counter() - t0, 2),
+            "sum_ripple_seconds": round(sum(res.seconds), 2)}
+
+
+# ------------------------------------------------------------------------------------------------ main
+
+
+def markdown(rows: list[dict], cfg: dict) -> str:
+    lines = [f"Scale benchmark: {cfg['layers']} x {cfg['neurons']:,} neurons, {cfg['tokens']:,} tokens, "
+             f"top-k {cfg['top_k']}, executor {cfg['executor']}, d_model {cfg['d_model']} "
+             f"(`{cfg['command']}`; 2 cores shared with other agents, times are upper bounds).", "",
+             "| step | wall s | peak RSS (tree) GiB | peak RSS (step process) GiB | notes |", "|---|---:|---:|---:|---|"]
+    bound = next((r.get("bound") for r in rows if r["step"] == "bound" and r["ok"]), None)
+    for r in rows:
+        note = ""
+        if not r["ok"]:
+            note = "FAILED: " + r.get("error", "")[:120]
+        elif r["step"].startswith("solve:"):
+            obj = r["objective_candidate"]
+            note = f"objective {obj:,}" + (f", gap to bound {100 * (bound - obj) / bound:.2f} %" if bound else "")
+        elif r["step"] == "bound":
+            note = f"bound {r['bound']:,.0f} (degree bound {r['degree_bound']:,.0f})"
+        elif r["step"] == "pack":
+            note = f"{r['pack_bytes'] / 1e9:.2f} GB, layout {r['layout']}"
+        elif r["step"] == "replay":
+            rp = r["replay"]
+            note = (f"{rp['n_tokens']} tokens O_DIRECT: {rp['reads_per_token']:.0f} reads/token, "
+                    f"{(rp['bytes_read_per_token'] or 0) / 2**20:.1f} MiB/token, p50 {rp['latency_ms_p50']} ms; "
+                    f"bundle {r['bundle_bytes']} B")
+        elif r["step"] == "ray":
+            note = (f"{r['solver']}: 1 CPU {r['ray1_seconds']} s, 2 CPUs {r['ray2_seconds']} s, speedup "
+                    f"{r['speedup']}x, identical {r['identical']}")
+        elif r["step"] == "solve70b":
+            note = f"ripple {r['shape']} (k={r['top_k']}), sum of per-layer solve {r['sum_ripple_seconds']} s"
+        elif "note" in r:
+            note = r["note"]
+        lines.append(f"| {r['step']} | {r['seconds']} | {r['peak_rss_tree_gib']} | {r['peak_rss_self_gib']} | {note} |")
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--layers", type=int, default=32)
-    ap.add_argument("--n", type=int, default=16384)
+    ap.add_argument("--neurons", type=int, default=11008)
+    ap.add_argument("--tokens", type=int, default=100_000)
+    ap.add_argument("--top-k", type=int, default=32)
+    ap.add_argument("--d-model", type=int, default=4096)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--executor", default="local:2")
     ap.add_argument("--solver", action="append", default=None)
-    args = ap.parse_args()
-    solvers = args.solver or ["ripple", "local-search"]
+    ap.add_argument("--time-limit", type=float, default=20.0, help="Seconds per layer for searching solvers.")
+    ap.add_argument("--bound-time-limit", type=float, default=120.0)
+    ap.add_argument("--replay-tokens", type=int, default=16)
+    ap.add_argument("--sim-tokens", type=int, default=2000)
+    ap.add_argument("--ray-solver", default="path-cover")
+    ap.add_argument("--big-layers", type=int, default=80)
+    ap.add_argument("--big-n", type=int, default=28672)
+    ap.add_argument("--steps", default=",".join(ALL_STEPS))
+    ap.add_argument("--workdir", default="/tmp/coact_scale")
+    ap.add_argument("--keep-pack", action="store_true")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "scale"))
+    a = ap.parse_args()
+    solvers = a.solver or ["ripple", "local-search", "path-cover"]
+    steps = a.steps.split(",")
+    wd = Path(a.workdir)
+    wd.mkdir(parents=True, exist_ok=True)
+    cfg = {"layers": a.layers, "neurons": a.neurons, "tokens": a.tokens, "top_k": a.top_k, "d_model": a.d_model,
+           "executor": a.executor, "time_limit": a.time_limit, "command": " ".join(["bench/bench_scale.py"] + sys.argv[1:]),
+           "cpus": os.cpu_count(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    print(f"free disk at {wd}: {shutil.disk_usage(wd).free / 2**30:.1f} GiB", file=sys.stderr)
+    rows: list[dict] = []
+    out_json, out_md = Path(a.out + ".json"), Path(a.out + ".md")
+    out_json.parent.mkdir(parents=True, exist_ok=True)
 
-    from synthetic import planted_chain_graph, recovery
+    def save() -> None:
+        out_json.write_text(json.dumps({"config": cfg, "steps": rows}, indent=1, default=float))
+        out_md.write_text(markdown(rows, cfg))
 
-    from solvers.base import objective, solve_layers
-
-    inst = [planted_chain_graph(args.n, seed=l) for l in range(args.layers)]
-    print(f"{args.layers} layers x {args.n:,} neurons, {sum(i.graph.n_edges for i in inst):,} edges in all")
-    print("| solver | total solve s | objective vs ripple | planted adjacencies recovered |")
-    print("|---|---:|---:|---:|")
-    ripple_obj = None
-    for spec in solvers:
-        t0 = time.perf_counter()
-        perms = solve_layers([i.graph for i in inst], spec, seed=0).perms  # layer l gets seed l
-        secs = time.perf_counter() - t0
-        obj = sum(objective(p, i.graph) for p, i in zip(perms, inst))
-        ripple_obj = ripple_obj or (obj if spec == "ripple" else None)
-        rec = sum(recovery(p, i.pairs) for p, i in zip(perms, inst)) / len(inst)
-        rel = f"{obj / ripple_obj:.4f}" if ripple_obj else "-"
-        print(f"| {spec} | {secs:.1f} | {rel} | {100 * rec:.1f} % |")
+    if "synth" in steps:
+        rows.append(run_step("synth", step_synth, str(wd), a.layers, a.neurons, a.tokens, a.seed, a.d_model)); save()
+    if "stats" in steps:
+        rows.append(run_step("stats", step_stats, str(wd), a.top_k, a.executor)); save()
+    if "solve" in steps:
+        for s in solvers:
+            rows.append(run_step(f"solve:{s}", step_solve, str(wd), s, a.executor, a.time_limit)); save()
+    if "bound" in steps:
+        rows.append(run_step("bound", step_bound, str(wd), a.executor, a.bound_time_limit)); save()
+        b = rows[-1].get("bound")
+        for r in rows:
+            if r["step"].startswith("solve:") and r["ok"] and b:
+                r["gap_percent"] = round(100 * (b - r["objective_candidate"]) / b, 3)
+        save()
+    best = max((r for r in rows if r["step"].startswith("solve:") and r["ok"]),
+               key=lambda r: r["objective_candidate"], default=None)
+    if "pack" in steps:
+        rows.append(run_step("pack", step_pack, str(wd), best["solver"] if best else solvers[0], a.d_model)); save()
+    if "replay" in steps:
+        rows.append(run_step("replay", step_replay, str(wd), a.replay_tokens, a.sim_tokens)); save()
+    if not a.keep_pack and (wd / "scale.pack").exists():
+        (wd / "scale.pack").unlink()
+    if "ray" in steps:
+        rows.append(run_step("ray", step_ray, str(wd), a.ray_solver, a.time_limit)); save()
+    if "solve70b" in steps:
+        rows.append(run_step("solve70b", step_solve70b, a.big_layers, a.big_n, a.top_k, a.executor)); save()
+    save()
+    print(out_md.read_text())
 
 
 if __name__ == "__main__":

@@ -646,7 +646,7 @@ def resolve_sparsifier(handle: ModelHandle, *, method: str | None = "cats", spar
 def open_flash_model(pack: str | Path, *, model: str = "smollm2", method: str | None = "cats",
                      sparsity: float | None = None, thresholds_from: str | Path | None = None,
                      corpus: str = "pydoc", calib_tokens: int = 1024, budget: float = 0.1, policy: str = "lru",
-                     engine: str = "threads:16", collapse: int | str = 0, cost: str | Path | None = None,
+                     policy_params: dict[str, Any] | None = None, engine: str = "threads:16", collapse: int | str = 0, cost: str | Path | None = None,
                      prefetch: bool = True, predictor: str = "post", margin: float = 1.0,
                      dense: bool = False) -> FlashModel:
     """Validate the cheap inputs, load the model, resolve the sparsifier (with the full model), then build the
@@ -663,7 +663,8 @@ def open_flash_model(pack: str | Path, *, model: str = "smollm2", method: str | 
     check_pack_model(pack, header, handle)
     sp = resolve_sparsifier(handle, method=method, sparsity=sparsity, thresholds_from=thresholds_from,
                             corpus=corpus, calib_tokens=calib_tokens)
-    return FlashModel(pack, handle, sparsifier=sp, budget=budget, policy=policy, engine=engine, collapse=collapse,
+    return FlashModel(pack, handle, sparsifier=sp, budget=budget, policy=policy, policy_params=policy_params,
+                      engine=engine, collapse=collapse,
                       cost_model=cost_model, prefetch=prefetch, predictor=predictor, margin=margin, dense=dense,
                       copy_model=False)
 

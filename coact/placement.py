@@ -31,6 +31,7 @@ def solve_model(
     time_limit: float | None = None,
     progress: ProgressFn | bool | None = None,
     graph_kwargs: dict[str, Any] | None = None,
+    executor: Any = None,
     **params: Any,
 ) -> SolveResult:
     """Run solver ``spec`` on every layer of ``stats`` (layer ``l`` with seed ``seed + l``).
@@ -41,11 +42,12 @@ def solve_model(
         progress: a ``progress(description, done, total)`` callback, None for silence, or a bool (True = rich bars
             on stderr, :func:`coact.progress.bars`).
         graph_kwargs: passed to :func:`coact.graph.layer_graph` (``min_count``, ``block``).
+        executor: where layers are solved (:func:`solvers.base.solve_layers`); None = in this process.
     """
     if isinstance(progress, bool):
         progress = bars(progress)
     return solve_layers(_layers(stats, dict(graph_kwargs or {})), spec, seed=seed, time_limit=time_limit,
-                        progress=progress, n_layers=stats.n_layers, **params)
+                        progress=progress, n_layers=stats.n_layers, executor=executor, **params)
 
 
 def layout_objective(layout: Any, stats: Any) -> int:

@@ -196,14 +196,17 @@ def solve_layouts(
     seed: int = 0,
     time_limit: float | None = None,
     progress: bool = True,
+    executor: Any = None,
 ) -> dict[str, tuple[Layout, Any]]:
     """Run each solver spec on every layer; return {spec: (Layout, SolveResult)} and save
-    `out_dir/{spec}.safetensors`. Every spec is checked before any work starts."""
+    `out_dir/{spec}.safetensors`. Every spec is checked before any work starts. ``executor``: where layers are
+    solved (:func:`common.executors.get_executor` spec; None = in this process); the layouts are identical."""
     for spec in solvers:
         get_solver(spec)
     out: dict[str, tuple[Layout, Any]] = {}
     for spec in solvers:
-        res = solve_model(stats, spec, seed=seed, time_limit=time_limit, progress=bars(progress))
+        res = solve_model(stats, spec, seed=seed, time_limit=time_limit, progress=bars(progress),
+                          executor=executor)
         layout = Layout(
             res.perms,
             model_id=str(stats.meta.get("model_id", "")),

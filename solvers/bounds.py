@@ -64,16 +64,23 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import scipy.sparse as sp
 from scipy.optimize import linprog
 from scipy.sparse.csgraph import connected_components
 
+try:  # scipy's bundled HiGHS binding (private API; without it the LP falls back to linprog, see _highs_core)
+    from scipy.optimize._highspy import _core as _HIGHS_CORE
+except ImportError:  # pragma: no cover - other scipy versions
+    _HIGHS_CORE = None
+
+from common.executors import get_executor
+from common.progress import ProgressFn
 from solvers.candidates import top_k_per_row
 from solvers.errors import SolverError
-from solvers.graph import as_graph
+from solvers.graph import as_graph, resolve_graph
 
 #: Initial LP edge set: the union of every node's top-k partners (column generation adds the rest as needed).
 DEFAULT_K = 8
@@ -239,14 +246,11 @@ class _Cuts:
 def _highs_core() -> Any:
     """The HiGHS binding that ships inside scipy (``scipy.optimize._highspy._core``: the same HiGHS as ``linprog``,
     the ``highspy`` API, no extra dependency and no banner on stdout). It is private to scipy, so any import
-    problem just selects the ``linprog`` backend."""
-    try:
-        from scipy.optimize._highspy import _core
-
-        _core._Highs, _core.kHighsInf, _core.HighsModelStatus.kOptimal  # noqa: B018 - the API this module uses
-    except (ImportError, AttributeError):
+    problem or missing name just selects the ``linprog`` backend."""
+    core = _HIGHS_CORE
+    if core is None or not all(hasattr(core, a) for a in ("_Highs", "kHighsInf", "HighsModelStatus")):
         return None
-    return _core
+    return core
 
 
 class _HighsLP:
@@ -259,22 +263,24 @@ class _HighsLP:
         h = core._Highs()
         h.setOptionValue("output_flag", False)
         h.setOptionValue("presolve", "off")  # presolve would discard the warm-start basis
-        inf = highspy.kHighsInf
+        inf = core.kHighsInf
         up = np.concatenate([np.full(n, 2.0), [n - 1.0]])
         h.addRows(n + 1, np.full(n + 1, -inf), up, 0, np.zeros(n + 1, dtype=np.int32), np.zeros(0, np.int32),
                   np.zeros(0))
         self.h = h
         self.n_rows = n + 1
 
-    def add_cols(self, cost: np.ndarray, col_rows: list[np.ndarray]) -> None:
+    def add_cols(self, cost: np.ndarray, col_rows: list[np.ndarray], upper: np.ndarray | None = None,
+                 values: list[np.ndarray] | None = None) -> None:
         m = len(col_rows)
         if m == 0:
             return
         lens = np.array([r.size for r in col_rows], dtype=np.int64)
         starts = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int32)
         idx = np.concatenate(col_rows).astype(np.int32)
-        self.h.addCols(m, np.asarray(cost, dtype=np.float64), np.zeros(m), np.ones(m), int(idx.size), starts, idx,
-                       np.ones(idx.size))
+        val = np.ones(idx.size) if values is None else np.concatenate(values).astype(np.float64)
+        self.h.addCols(m, np.asarray(cost, dtype=np.float64), np.zeros(m), np.ones(m) if upper is None else upper,
+                       int(idx.size), starts, idx, val)
 
     def add_rows(self, upper: list[float], row_cols: list[np.ndarray]) -> None:
         r = len(row_cols)
@@ -309,6 +315,7 @@ def solve_two_matching_lp(
     price_tol: float = 1e-5,
     stall_rounds: int = 8,
     backend: str = "auto",
+    dropped_columns: bool = True,
 ) -> LPResult:
     """Solve the (cut-strengthened) fractional 2-matching LP over *all* stored pairs by column generation.
 
@@ -325,6 +332,9 @@ def solve_two_matching_lp(
 
     ``backend``: ``"highs"`` (a persistent HiGHS model, warm-started between rounds; :func:`_highs_core`),
     ``"linprog"`` (a cold ``scipy.optimize.linprog`` solve per round), ``"auto"`` (highs when available).
+    ``dropped_columns``: on a candidate graph (highs backend), put the per-node dropped-pair columns into the LP
+    (tighter bound); ``path-cover`` turns them off because it rounds the LP's pair values, which they would thin
+    out. The bound stays proven either way (the correction is then added after the solve).
     """
     t0 = time.perf_counter()
     graph = as_graph(counts)
@@ -352,6 +362,15 @@ def solve_two_matching_lp(
         active = per_node_top(es, wf - 0.5 * (s2[es.u] + s2[es.v]), int(k), inc=inc)
     cutset = _Cuts(n)
     lp = _HighsLP(n, core) if core is not None else None
+    n_y = 0
+    if lp is not None and xm is not None and dropped_columns:
+        # Candidate graph: one "dropped-pair" column y_v in [0, 2] per node (how many of v's path edges are not
+        # stored), worth xm_v / 2 each, in v's degree row and (1/2) in the edge-count row. Every path is feasible
+        # (a dropped pair (u, v) weighs <= min(xm_u, xm_v) <= xm_u/2 + xm_v/2), and its Lagrangian term is exactly
+        # the correction (a) of the module docstring, so the duals now trade stored pairs against dropped ones.
+        n_y = n
+        lp.add_cols(-xm.astype(np.float64) / 2.0 / scale, [np.array([v, n]) for v in range(n)],
+                    upper=np.full(n, 2.0), values=[np.array([1.0, 0.5])] * n)
     order: list[np.ndarray] = []  # edge ids in LP column order (highs backend)
     new_cols = active
     best = math.inf
@@ -384,7 +403,7 @@ def solve_two_matching_lp(
             if not ok:
                 status = f"highs: {msg}"
                 break
-            x_act = xcol
+            x_act = xcol[n_y:]
             act_ids = cols_edges
             y = np.maximum(-rdual, 0.0) * scale
             lp_val = -fun * scale
@@ -437,7 +456,7 @@ def solve_two_matching_lp(
         in_active = np.zeros(m_all, dtype=bool)
         in_active[act_ids] = True
         pos = np.flatnonzero((red > 1e-7 * scale) & ~in_active)
-        if pos.size and ub - corr - lp_val > max(1.0, price_tol * abs(ub)):
+        if pos.size and ub - (0.0 if n_y else corr) - lp_val > max(1.0, price_tol * abs(ub)):
             # per node, its `price_r` most positive reduced costs (global top-r would pile onto a few hubs)
             pos = per_node_top(es, red, price_r, (red > 1e-7 * scale) & ~in_active, inc=inc)
             new_cols = pos
@@ -468,9 +487,9 @@ def solve_two_matching_lp(
                 # rows of the new cuts (consecutive cut ids) over the current columns, grouped in one pass
                 lu = lab[au]
                 rowid = np.where(lab[av] == lu, cutset.parts[-1][1][lu], -1)
-                hit = np.flatnonzero(rowid >= 0)
-                hit = hit[np.argsort(rowid[hit], kind="stable")]
-                bounds_ = np.searchsorted(rowid[hit], np.asarray(new_ids + [new_ids[-1] + 1]))
+                hit = np.flatnonzero(rowid >= 0) + n_y  # LP column ids (after the y columns)
+                hit = hit[np.argsort(rowid[hit - n_y], kind="stable")]
+                bounds_ = np.searchsorted(rowid[hit - n_y], np.asarray(new_ids + [new_ids[-1] + 1]))
                 lp.add_rows([cutset.sizes[ci] - 1.0 for ci in new_ids],
                             [hit[bounds_[i]:bounds_[i + 1]] for i in range(len(new_ids))])
         if added == 0:
@@ -501,6 +520,29 @@ def adjacency_upper_bound(counts: Any, *, method: str = "lp", k: int | None = DE
     if method != "lp":
         raise SolverError(f"unknown bound method {method!r}; expected 'lp' or 'degree'")
     return solve_two_matching_lp(counts, k=k, cuts=cuts, max_rounds=max_rounds, time_limit=time_limit).bound
+
+
+def _bound_job(job: tuple[Any, dict[str, Any]]) -> float:
+    """One layer's bound for an executor (module level so it pickles)."""
+    item, kw = job
+    return float(adjacency_upper_bound(resolve_graph(item), **kw))
+
+
+def bound_layers(graphs: Iterable[Any], *, executor: Any = None, progress: ProgressFn | None = None,
+                 n_layers: int | None = None, **kw: Any) -> list[float]:
+    """:func:`adjacency_upper_bound` of every layer (items as in :func:`solvers.graph.resolve_graph`: graphs,
+    ``(counts, freq)`` pairs or lazy loaders), through ``executor`` (:func:`common.executors.get_executor` spec or
+    object; None = serial in this process). ``kw`` go to :func:`adjacency_upper_bound`. A bound depends only on its
+    layer, so the list is identical whichever executor computes it (with ``time_limit`` a slower machine may stop
+    earlier: still a proven bound, possibly a looser one)."""
+    ex = get_executor(executor if executor is not None else "serial")
+    owned = ex is not executor
+    try:
+        return ex.map(_bound_job, ((g, kw) for g in graphs), progress=progress, description="bound",
+                      total=n_layers if n_layers is not None else (len(graphs) if hasattr(graphs, "__len__") else None))
+    finally:
+        if owned:
+            ex.close()
 
 
 def gap_to_bound(obj: float, bound: float) -> float:

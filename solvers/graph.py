@@ -44,7 +44,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import igraph
     import networkx
 
-__all__ = ["WEIGHT_KINDS", "CoactGraph", "GraphError", "as_graph", "csr_arrays"]
+__all__ = ["WEIGHT_KINDS", "CoactGraph", "GraphError", "as_graph", "csr_arrays", "resolve_graph"]
 
 WEIGHT_KINDS = ("count", "p", "distance", "jaccard")
 
@@ -283,6 +283,15 @@ def as_graph(counts: Any, freq: Any | None = None, n_tokens: int | None = None) 
             raise GraphError("freq given with a CoactGraph differs from the graph's own freq")
         return counts
     return CoactGraph.from_dense(counts, freq, n_tokens)
+
+
+def resolve_graph(item: Any) -> CoactGraph:
+    """One layer item of the per-layer loops (:func:`solvers.base.solve_layers`, :func:`solvers.bounds.bound_layers`)
+    as a graph: a CoactGraph, a ``(counts, freq)`` pair, or a zero-argument callable returning either (a lazy
+    loader, called where the layer is processed, so an executor's worker loads its own layer)."""
+    if callable(item) and not isinstance(item, CoactGraph):
+        item = item()
+    return item if isinstance(item, CoactGraph) else as_graph(*item)
 
 
 def csr_arrays(counts: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

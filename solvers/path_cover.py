@@ -89,7 +89,8 @@ class PathCoverSolver(SolverBase):
         if self.method == "lp" and graph.counts.nnz:
             try:
                 res = solve_two_matching_lp(graph, k=self.k, cuts=self.cuts, max_rounds=self.lp_rounds,
-                                            time_limit=max(0.2, self.lp_share * limit), price_tol=1e-4)
+                                            time_limit=max(0.2, self.lp_share * limit), price_tol=1e-4,
+                                            dropped_columns=False)
                 self.lp_status = res.status
             except Exception as exc:  # HiGHS failure: fall back to the greedy (documented)
                 res = None

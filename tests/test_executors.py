@@ -96,3 +96,10 @@ def test_ray_identical_to_serial(ray_executor, graphs, serial_perms):
     for solver, want in serial_perms.items():
         got = solve_layers(graphs, solver, seed=5, time_limit=1.0, executor=ray_executor).perms
         assert all(np.array_equal(a, b) for a, b in zip(got, want))
+
+
+def test_bound_layers_identical_across_executors(graphs, local2):
+    from solvers.bounds import bound_layers
+
+    serial = bound_layers(graphs, time_limit=None)
+    assert bound_layers([lambda g=g: g for g in graphs[:0]] + list(graphs), executor=local2, time_limit=None) == serial

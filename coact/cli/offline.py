@@ -13,7 +13,7 @@ import typer
 from rich.table import Table
 
 from coact.cli._app import command, emit_json, logger, out_console
-from coact.cli.online import flash_options, flash_perplexity_cmd
+from coact.cli.online import PIPELINE_HELP, PROFILE_HELP, flash_options, flash_perplexity_cmd
 from coact.cli.render import render_pipelines
 from coact.compare import run_compare
 from coact.demo import DemoConfig, run_demo
@@ -21,6 +21,7 @@ from coact.errors import CoactError
 from coact.export_model import MODEL_FORMATS
 from coact.sparsify import SPARSIFIERS
 from coact.stats import DEFAULT_TOP_K, CoactStats
+from coact.synth_weights import pack_synthetic
 from coact.workflow import accuracy_line, capture, count, evaluate_layouts, export as export_layout_file, \
     layout_objective, capture_at_budget, measure_perplexity, pack, replay_pack, require, solve_layouts
 from runtime.caches import CACHES
@@ -168,6 +169,8 @@ def solve(
     seed: int = typer.Option(0),
     time_limit: Optional[float] = typer.Option(None, help="Seconds per layer for solvers that search."),
     list_solvers: bool = typer.Option(False, "--list", help="List the registered solvers and exit."),
+    executor: Optional[str] = typer.Option(None, help="Where layers are solved: serial (default), local[:N] "
+                                                      "(process pool), ray[:N] (local Ray), ray:ADDRESS (cluster)."),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
     """Solve placements; writes OUT/{solver}.safetensors for each solver.
@@ -187,7 +190,8 @@ def solve(
     for s in solver:
         get_solver(s)  # unknown names fail before any work
     st = CoactStats.load(require(stats_dir, "statistics"))
-    res = solve_layouts(st, solver, out, seed=seed, time_limit=time_limit, progress=not json_out)
+    res = solve_layouts(st, solver, out, seed=seed, time_limit=time_limit, progress=not json_out,
+                        executor=executor)
     rows = [{"solver": s, "layout": str(out / f"{s}.safetensors"), "objective": layout_objective(lay, st),
              "solve_seconds": float(sum(r.seconds))} for s, (lay, r) in res.items()]
     if json_out:
@@ -241,13 +245,20 @@ def pack_cmd(
     model: str = typer.Option("smollm2"),
     bundle: str = typer.Option("up-down", help="up-down (gate stays in DRAM) or gate-up-down."),
     dtype: str = typer.Option("fp16", help="fp16 or fp32."),
+    synthetic_weights: bool = typer.Option(False, "--synthetic-weights",
+                                           help="Seeded random weights instead of a model (any shape; --d-model)."),
+    d_model: int = typer.Option(4096, help="With --synthetic-weights: hidden size."),
+    seed: int = typer.Option(0, help="With --synthetic-weights: weight seed."),
 ) -> None:
     """Write the model's FFN bundles in placement order into one flash file (4 KiB aligned, checksummed).
 
     Example: coact pack --layout layouts/ripple.safetensors --out ripple.pack
     """
     lay = load_layout(require(layout, "layout"))
-    pack(model, lay, out, bundle=bundle, dtype=dtype)
+    if synthetic_weights:
+        pack_synthetic(lay, out, d_model=d_model, seed=seed, bundle=bundle, dtype=dtype)
+    else:
+        pack(model, lay, out, bundle=bundle, dtype=dtype)
     out_console.print(f"pack file -> {out} ({out.stat().st_size / 2**20:.1f} MiB)")
 
 
@@ -361,6 +372,8 @@ def perplexity(
     collapse: str = typer.Option("0", help="With --from: access-collapse gap in bundles or 'auto' (needs --cost)."),
     cost: Optional[Path] = typer.Option(None, help="With --from: cost model JSON for --collapse auto."),
     prefetch: bool = typer.Option(True, "--prefetch/--no-prefetch", help="With --from: prefetch during attention."),
+    pipeline: Optional[str] = typer.Option(None, help="With --from: " + PIPELINE_HELP),
+    profile: Optional[Path] = typer.Option(None, help=PROFILE_HELP),
 ) -> None:
     """Teacher-forced perplexity on held-out text, dense and with a sparsifier, and the perplexity cost
     (sparse / dense - 1). Windows of CTX tokens are independent sequences; see coact/accuracy.py. With --from PACK
@@ -372,7 +385,8 @@ def perplexity(
         flash_perplexity_cmd(from_pack, model=model, corpus=corpus, tokens=tokens, start=start, ctx=ctx,
                              method=method, sparsity=sparsity, calib_tokens=calib_tokens,
                              thresholds_from=thresholds_from, json_out=json_out,
-                             **flash_options(budget, policy, engine, collapse, cost, prefetch, "post"))
+                             **flash_options(budget, policy, engine, collapse, cost, prefetch, "post",
+                                             pack=from_pack, pipeline=pipeline, profile=profile))
         return
     res = measure_perplexity(model, corpus, start=start, tokens=tokens, ctx=ctx,
                              method=None if method == "dense" else method, sparsity=sparsity,

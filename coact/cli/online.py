@@ -13,7 +13,9 @@ from rich.table import Table
 
 from coact.cli._app import command, emit_json, out_console
 from coact.errors import CoactError
-from coact.online import run_flash_perplexity, run_generate
+from coact.online import check_budget, run_flash_perplexity, run_generate
+from coact.online_pipelines import pipeline_options
+from runtime.pipelines import available_pipelines
 from runtime.caches import CACHES
 from runtime.engines import ENGINES
 
@@ -62,9 +64,24 @@ def render_report(rep: dict[str, Any], title: str) -> None:
 
 
 def flash_options(budget: float, policy: str, engine: str, collapse: str, cost: Optional[Path], prefetch: bool,
-                  predictor: str) -> dict[str, Any]:
+                  predictor: str, *, pack: Optional[Path] = None, pipeline: Optional[str] = None,
+                  profile: Optional[Path] = None) -> dict[str, Any]:
+    """The flash engine's options from the command line; ``--pipeline NAME`` replaces the cache policy, collapse
+    and prefetch by those of the named pipeline (coact.online_pipelines), so replay and engine agree."""
+    check_budget(budget)
+    if pipeline is not None:
+        assert pack is not None
+        opts = pipeline_options(pack, pipeline, budget=budget, cost=cost, profile_trace=profile, engine=engine)
+        return {"budget": budget, "predictor": predictor, **opts}
+    if profile is not None:
+        raise CoactError("--profile is used only with --pipeline")
     return {"budget": budget, "policy": policy, "engine": engine, "collapse": _collapse(collapse), "cost": cost,
             "prefetch": prefetch, "predictor": predictor}
+
+
+PIPELINE_HELP = ("Configure cache, collapse and prefetch as this named pipeline (overrides --policy/--collapse/"
+                 "--prefetch): " + ", ".join(available_pipelines()) + ". 'coact' chooses by simulation on --profile.")
+PROFILE_HELP = "With --pipeline: a profiling trace of the model (coact's choice; frequencies for pinned caches)."
 
 
 @command("generate")
@@ -85,6 +102,8 @@ def generate_cmd(
     cost: Optional[Path] = typer.Option(None, help="Cost model JSON (coact device-profile) for --collapse auto."),
     prefetch: bool = typer.Option(True, "--prefetch/--no-prefetch", help="Read predicted neurons during attention."),
     predictor: str = typer.Option("post", help="Prefetch predictor: post (FFN norm of the residual) or input."),
+    pipeline: Optional[str] = typer.Option(None, help=PIPELINE_HELP),
+    profile: Optional[Path] = typer.Option(None, help=PROFILE_HELP),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
     """Generate text with the FFN weights streamed from flash (batch 1, KV cache, O_DIRECT reads): tokens/s and
@@ -94,7 +113,8 @@ def generate_cmd(
     """
     res = run_generate(from_pack, prompt, max_tokens, model=model, thresholds_from=thresholds_from,
                        sparsity=sparsity, corpus=corpus, calib_tokens=calib_tokens,
-                       **flash_options(budget, policy, engine, collapse, cost, prefetch, predictor))
+                       **flash_options(budget, policy, engine, collapse, cost, prefetch, predictor, pack=from_pack,
+                                       pipeline=pipeline, profile=profile))
     if json_out:
         emit_json(res)
         return

@@ -56,14 +56,17 @@ def byte_tokenizer() -> Any:
     return PreTrainedTokenizerFast(tokenizer_object=tk)
 
 
-def tiny_model(family: str, seed: int = 0) -> Any:
+def tiny_model(family: str, seed: int = 0, **overrides: Any) -> Any:
     """A tiny random causal LM of ``family`` in eval mode; biases are randomised too (transformers zeroes them),
     so tests see the biases move with their neurons."""
     import torch
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(tiny_config(family), dtype=torch.float32)
+    cfg = tiny_config(family)
+    for key, value in overrides.items():
+        setattr(cfg, key, value)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("bias"):
@@ -71,12 +74,12 @@ def tiny_model(family: str, seed: int = 0) -> Any:
     return model.eval()
 
 
-def save_tiny(family: str, folder: str | Path, seed: int = 0) -> Path:
+def save_tiny(family: str, folder: str | Path, seed: int = 0, **overrides: Any) -> Path:
     """Save :func:`tiny_model` and :func:`byte_tokenizer` with ``save_pretrained`` into ``folder``."""
     import transformers
 
     transformers.logging.set_verbosity_error()
     folder = Path(folder)
-    tiny_model(family, seed).save_pretrained(folder)
+    tiny_model(family, seed, **overrides).save_pretrained(folder)
     byte_tokenizer().save_pretrained(folder)
     return folder

@@ -1,0 +1,106 @@
+"""Gemma 3 270M beside SmolLM2: the placement-quality benchmark (bench_solvers.py's table) and real O_DIRECT replays
+of packs, on any named model.
+
+Profiles P tokens of the built-in pydoc corpus at CATS 90 %, evaluates on the next H held-out tokens, and reports
+per solver: objective, gap to the proven LP bound, held-out mean run length (and vs ripple), simulated reads and
+bytes per token, solve time. With ``--replay``, packs the identity and ripple layouts (fp16 up-down) and replays the
+held-out tokens with real O_DIRECT reads (no cache, no collapse), so the runtime figures can be set beside
+SmolLM2's. Dense perplexity on WikiText-2 [2048, 4096) (windows of 256) is recorded too, the same tokens as
+BENCHMARKS.md section 0.
+
+Run:  .venv/bin/python bench/bench_gemma.py [--model gemma3-270m] [--profile-tokens 8192] [--replay]
+Writes bench/out/gemma/<model>.json and prints markdown tables (pasted into BENCHMARKS.md). Gemma 3 is optional
+(Gemma terms): without its package the script exits with the reason.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+WIKI = ROOT.parent / "shared" / "corpora" / "wikitext2-test.txt"
+SOLVERS = ["ripple+local-search", "path-cover"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="gemma3-270m")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "gemma")
+    ap.add_argument("--profile-tokens", type=int, default=8192)
+    ap.add_argument("--heldout-tokens", type=int, default=1024)
+    ap.add_argument("--solver", action="append", default=None, help=f"extra solvers (default {SOLVERS})")
+    ap.add_argument("--time-limit", type=float, default=5.0, help="seconds per layer for searching solvers")
+    ap.add_argument("--bound-time-limit", type=float, default=30.0, help="seconds per layer for the LP bound")
+    ap.add_argument("--replay", action="store_true", help="also pack identity/ripple and replay with O_DIRECT")
+    ap.add_argument("--replay-tokens", type=int, default=128)
+    ap.add_argument("--no-ppl", action="store_true", help="skip the dense WikiText-2 perplexity")
+    args = ap.parse_args()
+
+    from coact import zoo
+
+    reason = zoo.available(args.model) if zoo.is_named(args.model) else None
+    if reason:
+        sys.exit(f"skipped: {reason}")
+    from coact.compare import compare_solvers
+    from coact.models import load_model
+    from coact.stats import compute_stats
+    from coact.trace import Trace
+    from coact.workflow import bundle_bytes, capture, measure_perplexity, pack, replay_pack
+
+    P, H = args.profile_tokens, args.heldout_tokens
+    work = args.out / args.model
+    work.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    handle = load_model(args.model)
+    t_load = time.time() - t0
+    tdir = work / f"trace-pydoc-{P + H}"
+    t1 = time.time()
+    tr = Trace.load(tdir) if (tdir / "coact_trace.json").exists() else capture(
+        handle, "pydoc", tdir, tokens=P + H, ctx=256, sparsity=0.9, calib_tokens=1024)
+    t_capture = time.time() - t1
+    stats = compute_stats(tr, start=0, stop=P)
+    bb = bundle_bytes("up-down", "fp16", handle.d_model)
+    cmp = compare_solvers(stats, tr.packed(P, P + H), args.solver or SOLVERS, bundle_bytes=bb,
+                          time_limit=args.time_limit, bound_time_limit=args.bound_time_limit)
+    result = {"model": args.model, "model_id": handle.model_id, "n_layers": handle.n_layers,
+              "n_neurons": handle.n_neurons, "d_model": handle.d_model, "profile_tokens": P, "heldout_tokens": H,
+              "time_limit": args.time_limit, "load_seconds": t_load, "capture_seconds": t_capture,
+              "achieved_sparsity": tr.meta.get("achieved_sparsity"), **cmp.to_dict()}
+    if not args.no_ppl:
+        res = measure_perplexity(handle, str(WIKI), start=2048, tokens=2048, ctx=256, method=None, progress=False)
+        result["wikitext2_dense_ppl"] = res["dense"]["ppl"]
+    if args.replay:
+        result["replay"] = {}
+        for spec in ("identity", "ripple"):
+            pk = pack(handle, cmp.layouts[spec], work / f"{spec}.pack", progress=False)
+            rep = replay_pack(pk, tr, start=P, stop=P + min(H, args.replay_tokens), engine="threads:16",
+                              progress=False)
+            result["replay"][spec] = {k: getattr(rep, k) for k in (
+                "mean_run_length", "reads_per_token", "bytes_read_per_token", "latency_ms_mean", "latency_ms_p50")}
+    (args.out / f"{args.model}.json").write_text(json.dumps(result, indent=1, default=str))
+
+    print(f"\n### {args.model}: {handle.n_layers} layers x {handle.n_neurons:,} neurons, CATS 90 % (profile {P:,} "
+          f"pydoc tokens, held-out {H:,}; bound {cmp.bound:,.0f})\n")
+    if "wikitext2_dense_ppl" in result:
+        print(f"dense perplexity, WikiText-2 [2048, 4096), windows of 256: {result['wikitext2_dense_ppl']:.2f}\n")
+    print("| solver | objective | gap to bound % | held-out mean run | vs ripple | reads/token | KiB read/token | "
+          f"solve s ({handle.n_layers} layers) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for r in cmp.rows:
+        print(f"| {r['solver']} | {r['objective']:,} | {r['gap_pct']:.2f} | {r['heldout_mean_run_length']:.3f} | "
+              f"{r['run_length_vs_ripple']:.3f} | {r['heldout_reads_per_token']:.1f} | "
+              f"{r['heldout_bytes_read_per_token'] / 1024:.0f} | {r['solve_seconds']:.1f} |")
+    if args.replay:
+        print("\n| layout | real I/O ms/token | reads/token | MiB read/token |")
+        print("|---|---:|---:|---:|")
+        for spec, r in result["replay"].items():
+            print(f"| {spec} | {r['latency_ms_p50']:.2f} | {r['reads_per_token']:.1f} | "
+                  f"{r['bytes_read_per_token'] / 2**20:.2f} |")
+    print(f"\ntotal {time.time() - t0:.0f} s (load {t_load:.0f} s, capture {t_capture:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
