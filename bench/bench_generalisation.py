@@ -58,7 +58,7 @@ ALPHAS = (0.0, 0.3, 1.0)
 #: Layers used for the selection phase and for the evaluation (layers are independent placement problems; a
 #: spread subset keeps the benchmark within ~10 min per regime on a shared 2-core machine).
 SEL_LAYERS: tuple[int, ...] = (2, 15, 27)
-EVAL_LAYERS: tuple[int, ...] = tuple(range(0, L, 3))
+EVAL_LAYERS: tuple[int, ...] = tuple(range(0, L, 4))
 RECIPES = ("uniform", "worst", "robust")
 
 
@@ -76,6 +76,27 @@ def load_acts(domains: list[str], P: int, H: int, regime: str) -> tuple[dict[str
 
 def ripple(g: Any, seed: int) -> np.ndarray:
     return get_solver("ripple").solve(g, seed=seed)
+
+
+_MEMO: dict[tuple[Any, ...], np.ndarray] = {}
+
+
+def mix_key(weights: dict[str, float]) -> tuple[tuple[str, float], ...]:
+    tot = sum(weights.values())
+    return tuple(sorted((d, round(w / tot, 6)) for d, w in weights.items() if w > 0))
+
+
+def solve_mix(tag: str, l: int, counts: dict[str, LayerCounts], weights: dict[str, float],
+              alpha: float) -> tuple[np.ndarray, Any]:
+    """Ripple on the (shrunk) mixture, memoised: contexts and recipes share many mixtures (a weight vector of the
+    leave-one-out grid is often one of the full grid's). Returns (perm, graph or None when memoised)."""
+    key = (tag, l, mix_key(weights), float(alpha))
+    if key in _MEMO:
+        return _MEMO[key], None
+    names = [d for d, _ in key[2]]
+    g = to_graph(shrink(mixture([counts[d] for d in names], [dict(key[2])[d] for d in names]), alpha))
+    _MEMO[key] = ripple(g, l)
+    return _MEMO[key], g
 
 
 def acc_new() -> dict[str, int]:
@@ -110,9 +131,7 @@ def select(prof: dict[str, np.ndarray], domains: list[str], step: float) -> dict
     def val_rl(weights: dict[str, float], alpha: float = 0.0, on: list[str] | None = None) -> list[float]:
         accs = {d: [0, 0] for d in on}
         for j, l in enumerate(SEL_LAYERS):
-            names = [d for d in weights if weights[d] > 0]
-            lc = mixture([train[d][j] for d in names], [weights[d] for d in names])
-            perm = ripple(to_graph(shrink(lc, alpha)), l)
+            perm, _ = solve_mix("sel", l, {d: train[d][j] for d in train}, weights, alpha)
             for d in on:
                 lo, ru = run_stats(perm, val[d][j], N)
                 accs[d][0] += lo
@@ -182,16 +201,17 @@ def evaluate(prof: dict[str, np.ndarray], held: dict[str, np.ndarray], domains: 
                     continue
                 w, alpha = recipe_weights(recipe, ctx, sel, ctx_name)
                 names = [d for d in w if w[d] > 0]
-                lc = shrink(mixture([full[d] for d in names], [w[d] for d in names]), alpha)
-                g = to_graph(lc)
+                rperm, g = solve_mix("eval", l, full, w, alpha)
                 solvers = [("ripple", None)]
                 if recipe == "robust":
                     solvers.append((best_solver, best_limit))
                     if ctx_name == "all":
                         solvers.append(("device-cost", device_limit))
                 for sname, limit in solvers:
+                    if g is None and sname != "ripple":
+                        g = to_graph(shrink(mixture([full[d] for d in names], [w[d] for d in names]), alpha))
                     if sname == "ripple":
-                        perm = ripple(g, l)
+                        perm = rperm
                     elif sname == "device-cost":
                         sample = np.concatenate([prof[d][:, l, :][:: max(1, len(names))] for d in names])
                         perm = get_solver("device-cost", per_request_s=A16, per_byte_s=B16, bundle_bytes=BUNDLE,
@@ -209,7 +229,7 @@ def evaluate(prof: dict[str, np.ndarray], held: dict[str, np.ndarray], domains: 
         wb = sel["contexts"]["all"]["worst_weights"]
         names = [d for d in domains if wb[d] > 0]
         for p in budgets:
-            perm = ripple(to_graph(mixture([pref[p][d] for d in names], [wb[d] for d in names])), l)
+            perm, _ = solve_mix(f"budget{p}", l, pref[p], wb, 0.0)
             for d in domains:
                 acc_add(budget_acc.setdefault((p, d), acc_new()), perm, hl[d])
         log(f"  layer {l}: {time.time() - t0:.1f} s")
@@ -412,7 +432,7 @@ def main() -> None:
     ap.add_argument("--only", help="run one regime and write bench/out/generalisation/regime_<name>.json")
     ap.add_argument("--report", action="store_true", help="assemble regime_*.json into the results files")
     ap.add_argument("--sel-layers", help="comma-separated selection layers (default 2,15,27)")
-    ap.add_argument("--eval-layers", help="comma-separated evaluation layers (default every 3rd)")
+    ap.add_argument("--eval-layers", help="comma-separated evaluation layers (default every 4th)")
     a = ap.parse_args()
     global SEL_LAYERS, EVAL_LAYERS
     if a.sel_layers:

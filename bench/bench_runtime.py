@@ -40,6 +40,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 TARGETS = {"dense": 3.0, "llmflash": 2.0, "ripple": 1.3}
 BEST_CANDIDATES = ("ripple+local-search", "path-cover+local-search", "collapse-ls", "ripple")
@@ -49,28 +50,33 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def get_trace(work: Path, P: int, H: int) -> Any:
+def get_trace(work: Path, P: int, H: int, point: str) -> Any:
+    from coact.models import load_model
     from coact.workflow import capture
     from coact.trace import Trace
+    from oppoint import operating_point
 
-    tdir = work / "trace"
+    tdir = work / f"trace-{point}"
+    handle = load_model("smollm2")
+    op = operating_point(handle, "pydoc", point, work)
     if tdir.exists():
         tr = Trace.load(tdir)
-        if tr.n_tokens >= P + H and tr.meta.get("corpus") == "pydoc":
+        same = op["thresholds"] is None or tr.meta["sparsifier"].get("thresholds") == op["thresholds"]
+        if tr.n_tokens >= P + H and tr.meta.get("corpus") == "pydoc" and same:
             log(f"reusing trace {tdir} ({tr.n_tokens} tokens)")
-            return tr
+            return tr, op
         import shutil
 
         shutil.rmtree(tdir)
-    log(f"capturing {P + H} tokens of SmolLM2 on pydoc (CATS 90 %)")
-    return capture("smollm2", "pydoc", tdir, tokens=P + H, ctx=256, method="cats", sparsity=0.9,
-                   calib_tokens=1024, progress=False)
+    log(f"capturing {P + H} tokens of SmolLM2 on pydoc ({op['label']})")
+    return capture(handle, "pydoc", tdir, tokens=P + H, ctx=256, method="cats", sparsity=op["sparsity"],
+                   thresholds=op["thresholds"], calib_tokens=1024, progress=False), op
 
 
 def get_stats(work: Path, tr: Any, P: int) -> Any:
     from coact.stats import CoactStats, compute_stats
 
-    sdir = work / "stats"
+    sdir = work / f"stats-{tr.path.name}"
     if sdir.exists():
         st = CoactStats.load(sdir)
         if st.n_tokens == P:
@@ -86,7 +92,7 @@ def get_layout(work: Path, st: Any, spec: str, time_limit: float | None) -> tupl
     from coact.workflow import solve_layouts
     from runtime.layout import load_layout
 
-    path = work / "layouts" / f"{spec}.safetensors"
+    path = work / f"layouts-{st.digest[:12]}" / f"{spec}.safetensors"
     if path.exists():
         lay = load_layout(path)
         if lay.stats_digest == st.digest:
@@ -108,6 +114,8 @@ def fmt(x: Any, spec: str = ".2f") -> str:
 
 
 def markdown(res: dict[str, Any]) -> str:
+    from coact.workflow import accuracy_line
+
     cfg = res["config"]
     cmp = res["compare"]
     lines = [
@@ -115,7 +123,7 @@ def markdown(res: dict[str, Any]) -> str:
         "",
         f"Machine: {cfg['machine']}; disk: {cfg['disk_fs']} at {cfg['workdir']}; "
         f"{cfg['held_out_tokens']} held-out tokens (profiling: {cfg['profile_tokens']}), SmolLM2-135M, all 30 "
-        f"layers, CATS 90 %, fp16 up-down bundles ({cfg['bundle_bytes']} B); DRAM budget "
+        f"layers, {cfg['sparsity']}, fp16 up-down bundles ({cfg['bundle_bytes']} B); DRAM budget "
         f"{100 * cmp['config']['budget_fraction']:.0f} % of FFN bytes ({cmp['config']['budget_bytes'] / 2**20:.1f} "
         f"MiB); engine {cfg['engine']} for every pipeline; {cmp['config']['repeats']} interleaved repeats "
         f"(min / median / max); O_DIRECT, page cache dropped before each run. Run on {cfg['date']} "
@@ -124,6 +132,8 @@ def markdown(res: dict[str, Any]) -> str:
         f"Device: peak sequential read {cmp['config']['seq_bandwidth'] / 1e6:.0f} MB/s; cost model at depth "
         f"{cfg['queue_depth']}: {res['device']['a_us']:.1f} us per request + {res['device']['b_ns_per_KiB']:.0f} ns "
         f"per KiB; break-even collapse gap {res['device']['collapse_gap']} bundles.",
+        "",
+        f"Accuracy: {accuracy_line(cfg)}.",
         "",
         "## Pipelines at a 10 % DRAM budget (real O_DIRECT replay)",
         "",
@@ -189,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-sweep", action="store_true")
     ap.add_argument("--fio-tokens", type=int, default=48)
     ap.add_argument("--reprofile", action="store_true", help="measure the device again even if cost.json exists")
+    ap.add_argument("--point", default="b20", help="operating point: b05, b20 or stress (bench/oppoint.py)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 64 held-out tokens, 1 repeat, short sweep")
     a = ap.parse_args(argv)
     if a.quick:
@@ -217,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     from solvers.base import available_solvers
 
     P, H = a.profile_tokens, a.heldout_tokens
-    tr = get_trace(work, P, H)
+    tr, op = get_trace(work, P, H, a.point)
     st = get_stats(work, tr, P)
     held = tr.packed(P, P + H)
     prof_choice = tr.packed(P - a.choice_tokens, P)
@@ -330,7 +341,8 @@ def main(argv: list[str] | None = None) -> int:
 
     res = {
         "config": {"model": "smollm2", "profile_tokens": P, "held_out_tokens": H, "bundle": "up-down", "dtype": "fp16",
-                   "bundle_bytes": bb, "sparsity": "cats 0.9", "engine": f"{a.engine}:{qd}", "queue_depth": qd,
+                   "bundle_bytes": bb, "sparsity": op["label"], "operating_point": op,
+                   "accuracy": tr.meta.get("accuracy"), "engine": f"{a.engine}:{qd}", "queue_depth": qd,
                    "repeats": a.repeats, "budget_fraction": a.budget, "workdir": str(work),
                    "disk_fs": filesystem_type(work),
                    "machine": f"{platform.machine()}, {os.cpu_count()} cores, Linux {platform.release()}",
@@ -348,9 +360,9 @@ def main(argv: list[str] | None = None) -> int:
         "sweep": sweep,
         "wall_s": time.perf_counter() - t_start,
     }
-    (a.results / "runtime.json").write_text(json.dumps(res, indent=1, default=str))
-    (a.results / "runtime.md").write_text(markdown(res))
-    log(f"done in {res['wall_s'] / 60:.1f} min -> {a.results / 'runtime.json'}, {a.results / 'runtime.md'}")
+    (a.results / f"runtime-{a.point}.json").write_text(json.dumps(res, indent=1, default=str))
+    (a.results / f"runtime-{a.point}.md").write_text(markdown(res))
+    log(f"done in {res['wall_s'] / 60:.1f} min -> {a.results / f'runtime-{a.point}.json'}")
     for t in targets:
         log(f"  {'MET ' if t['met'] else 'MISS'} {t['target']}: {t['measured']}")
     return 0

@@ -39,7 +39,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+# the repo, tests/ (synthetic graphs) and bench/ itself: workers (pool, Ray) import this module as `bench_scale`
+sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]
 
 ALL_STEPS = ["synth", "stats", "solve", "bound", "pack", "replay", "ray", "solve70b"]
 
@@ -65,7 +66,7 @@ def _tree_rss(pid: int) -> int:
 
 
 def _child(fn: Callable[..., dict], args: tuple, q: Any) -> None:
-    sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+    sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]
     try:
         out = fn(*args)
         self_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -144,7 +145,9 @@ def _layer_loader(stats_dir: str, layer: int) -> Any:
     """A picklable lazy loader of one layer's candidate graph (a worker loads its own layer)."""
     from functools import partial
 
-    return partial(_load_layer_graph, stats_dir, layer)
+    import bench_scale  # by module name, so pool and Ray workers can unpickle it
+
+    return partial(bench_scale._load_layer_graph, stats_dir, layer)
 
 
 def _load_layer_graph(stats_dir: str, layer: int) -> Any:
@@ -202,8 +205,11 @@ def step_pack(wd: str, solver: str, d_model: int) -> dict:
     from coact.synth_weights import pack_synthetic
     from runtime.layout import Layout
 
+    from coact.trace import Trace
+
     perms = np.load(Path(wd) / f"perms_{solver}.npy")
-    lay = Layout(list(perms), model_id="synthetic", solver=solver)
+    model_id = str(Trace.load(Path(wd) / "trace").meta.get("model_id", "synthetic"))
+    lay = Layout(list(perms), model_id=model_id, solver=solver)
     out = Path(wd) / "scale.pack"
     pack_synthetic(lay, out, d_model=d_model, seed=0, progress=True)
     return {"pack_bytes": out.stat().st_size, "layout": solver}
@@ -228,6 +234,19 @@ def step_replay(wd: str, tokens: int, sim_tokens: int) -> dict:
             "simulate": {k: getattr(sim, k) for k in keys[:4]}}
 
 
+def _warm(i: int) -> int:
+    """Import the solvers and load their compiled kernels in a worker (kept busy 1 s so every worker gets one)."""
+    from synthetic import planted_chain_graph
+
+    from solvers.base import get_solver
+
+    g = planted_chain_graph(64, seed=i).graph
+    for s in ("ripple", "local-search", "path-cover"):
+        get_solver(s).solve(g, seed=0)
+    time.sleep(1.0)
+    return i
+
+
 def step_ray(wd: str, solver: str, time_limit: float | None) -> dict:
     from common.executors import get_executor
     from solvers.base import solve_layers
@@ -239,7 +258,9 @@ def step_ray(wd: str, solver: str, time_limit: float | None) -> dict:
     for w in (1, 2):
         ex = get_executor(f"ray:{w}")
         try:
-            ex.map(_n_layers, [sd] * w)  # warm the workers (imports) before timing
+            import bench_scale
+
+            ex.map(bench_scale._warm, range(2 * w))  # start every worker and load the solvers before timing
             t0 = time.perf_counter()
             res = solve_layers([_layer_loader(sd, l) for l in range(L)], solver, time_limit=time_limit, executor=ex)
             out[f"ray{w}_seconds"] = round(time.perf_counter() - t0, 2)
@@ -264,11 +285,12 @@ def _big_graph(n: int, k: int, seed: int) -> Any:
 def step_solve70b(L: int, N: int, k: int, executor: str) -> dict:
     from functools import partial
 
+    import bench_scale
     from coact.progress import bars
     from solvers.base import solve_layers
 
     t0 = time.perf_counter()
-    res = solve_layers([partial(_big_graph, N, k, l) for l in range(L)], "ripple", executor=executor,
+    res = solve_layers([partial(bench_scale._big_graph, N, k, l) for l in range(L)], "ripple", executor=executor,
                        progress=bars(True), n_layers=L)
     return {"shape": f"{L} x {N}", "top_k": k, "wall_seconds_incl_graph_build": round(time.perf_counter() - t0, 2),
             "sum_ripple_seconds": round(sum(res.seconds), 2)}
@@ -324,7 +346,8 @@ def main() -> None:
     ap.add_argument("--bound-time-limit", type=float, default=120.0)
     ap.add_argument("--replay-tokens", type=int, default=16)
     ap.add_argument("--sim-tokens", type=int, default=2000)
-    ap.add_argument("--ray-solver", default="path-cover")
+    ap.add_argument("--ray-solver", default="local-search",
+                    help="Solver of the Ray step (deterministic when it converges within --time-limit).")
     ap.add_argument("--big-layers", type=int, default=80)
     ap.add_argument("--big-n", type=int, default=28672)
     ap.add_argument("--steps", default=",".join(ALL_STEPS))

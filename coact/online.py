@@ -165,7 +165,8 @@ class FlashModel:
         self._align = [_alignments(handle, layer) for layer in handle.decoder_layers()]
         if copy_model and not isinstance(model, str):
             handle = ModelHandle(copy.deepcopy(handle.model), handle.tokenizer, handle.model_id, handle.source,
-                                 handle.n_layers, handle.n_neurons, handle.d_model, handle.gated, handle.adapter)
+                                 handle.n_layers, handle.n_neurons, handle.d_model, handle.gated, handle.adapter,
+                                 handle.bos)
         self.handle = handle
         self.model = handle.model
         self.sparsifier = sparsifier
@@ -200,6 +201,7 @@ class FlashModel:
         self._pred_stats = np.zeros(3, dtype=np.int64)  # predicted, active, predicted & active
         self._cache_arg = _cache_kwarg(self.model)
         self.exact = bool(exact)
+        self._bos_kv: Any = None
 
     # ------------------------------------------------------------------------------------------------ set-up
     def _scratch(self, role: str, shape: tuple[int, ...], mod: int) -> torch.Tensor:
@@ -373,9 +375,25 @@ class FlashModel:
 
     # ----------------------------------------------------------------------------------------------- per token
     def new_kv(self) -> Any:
+        """An empty KV cache, or for a model that expects a BOS (:attr:`coact.models.ModelHandle.bos`) one that
+        holds the BOS position, computed once with a dense FFN (as :meth:`coact.models.ModelHandle.forward` does)
+        and copied for every window/prompt; the BOS step is not a measured token."""
         from transformers import DynamicCache
 
-        return DynamicCache(config=self.model.config)
+        kv = DynamicCache(config=self.model.config)
+        if self.handle.bos is None:
+            return kv
+        if self._bos_kv is None:
+            sp, pre = self.sparsifier, self.prefetch_on
+            self.sparsifier, self.prefetch_on = None, False
+            try:
+                self.step(int(self.handle.bos), kv)
+            finally:
+                self.sparsifier, self.prefetch_on = sp, pre
+            self.timings.pop()
+            self.reader.tokens.pop()
+            self._bos_kv = kv
+        return copy.deepcopy(self._bos_kv)
 
     def step(self, token: int, kv: Any) -> torch.Tensor:
         """Run one token through the model (appending to `kv`); returns float32 logits [vocab]."""

@@ -36,7 +36,9 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 import scipy.sparse as sp
 
+from coact import stats as stats_mod
 from coact.errors import CoactError
+from coact.workflow import require
 from common.bits import unpack_bits
 from solvers.graph import CoactGraph
 
@@ -227,24 +229,26 @@ def shrunk_graphs(stats: Any, alpha: float, resolution: int = RESOLUTION) -> Ite
         yield to_graph(shrink(lc, alpha), resolution, meta={"layer": l, "alpha": float(alpha)})
 
 
-def merge_stats(paths: Sequence[str | Path], weights: Sequence[float] | None = None,
+def merge_stats(paths: Sequence[str | Path], weights: Sequence[int] | None = None,
                 out: str | Path | None = None) -> Any:
-    """``coact stats-merge``: load saved statistics, combine them with :func:`coact.stats.merge` (weights: each
-    input's share of the result; None: the plain sum of counts) and save to ``out``."""
-    from coact import stats as stats_mod
-    from coact.workflow import require
+    """``coact stats-merge``: load saved statistics, combine them with :func:`coact.stats.merge` and save to ``out``.
 
+    ``weights``: one non-negative integer per input: input i counts as if its tokens had been seen ``weights[i]``
+    times (integers keep every count exact; e.g. ``2,1`` doubles the first domain). None: the plain sum. For
+    real-valued domain shares (the benchmark's recipes) use :func:`mixture` on the layers.
+    """
     if len(paths) < 2:
         raise ShrinkError("give at least two statistics folders to merge")
     if weights is not None:
-        check_weights(weights, len(paths))
+        if len(weights) != len(paths) or any(int(w) != w or w < 0 for w in weights) or not any(weights):
+            raise ShrinkError(f"--weights must be one non-negative integer per input (not all 0), got {list(weights)}")
     merge = getattr(stats_mod, "merge", None)
     if merge is None:  # pragma: no cover - until coact.stats.merge lands
         raise ShrinkError("this coact.stats has no merge(stats_list, weights); update coact")
     if out is not None:
         stats_mod.check_stats_output(out, inputs=tuple(paths))
     loaded = [stats_mod.CoactStats.load(require(p, "statistics")) for p in paths]
-    merged = merge(loaded, weights=None if weights is None else list(weights))
+    merged = merge(loaded, weights=None if weights is None else [int(w) for w in weights])
     if out is not None:
         merged.save(out)
     return merged

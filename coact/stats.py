@@ -865,7 +865,8 @@ def count_stats(
         dense: keep every pair (dense int64 :class:`CoactStats`, equal to :func:`compute_stats`); refused when
             all layers would not fit in memory (:func:`check_dense_fits`).
         executor: where layer jobs run (:func:`common.executors.get_executor` spec or object; None = ``serial``
-            for a raw array, ``local`` (a process pool) for a trace). Results are identical whichever runs them.
+            for a raw array or a small trace (below :data:`SERIAL_BELOW` pair-token updates), ``local`` (a
+            process pool) for a large trace). Results are identical whichever runs them.
         progress: progress bar (per finished layer, with an ETA).
 
     Returns:

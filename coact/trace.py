@@ -110,7 +110,7 @@ def forward_activations(handle: Any, windows: list[np.ndarray], batch: int = 4, 
             while j < len(windows) and j - i < batch and len(windows[j]) == len(windows[i]):
                 j += 1
             x = torch.as_tensor(np.stack(windows[i:j]), dtype=torch.long)
-            handle.model(x, use_cache=False)
+            handle.forward(x) if hasattr(handle, "forward") else handle.model(x, use_cache=False)  # BOS if expected
             i = j
         return [torch.cat(b) for b in bufs]
 
@@ -167,6 +167,8 @@ def capture_trace(
         raise TraceError(f"--calib-tokens must be >= 1 for {config.method} (its thresholds are calibrated on them), "
                          f"got {config.calib_tokens}")
     windows = token_windows(stream, config.token_start, config.n_tokens, config.ctx)  # checks the range fits
+    if hasattr(handle, "check_inputs"):  # position table and vocabulary, before the .partial folder exists
+        handle.check_inputs(ctx=config.ctx, tokens=stream[config.token_start : config.token_start + config.n_tokens])
     partial = Path(str(out) + ".partial")
     if partial.is_symlink() or (partial.exists() and not partial.is_dir()):
         raise TraceError(f"{partial} exists and is not a capture folder; remove it")

@@ -260,7 +260,10 @@ def evaluate_layouts(layouts: Sequence[str | Path], trace: str | Path | Trace, *
         rep = simulate(lay, packed, tr.n_neurons, bundle_bytes=bb, collapse_gap=collapse)
         rows.append({"layout": str(lp), "solver": lay.solver, "n_tokens": int(packed.shape[0]),
                      "accuracy": tr.meta.get("accuracy"),
-                     **{k: v for k, v in rep.to_dict().items() if k != "per_layer"}})
+                     **{k: v for k, v in rep.to_dict().items() if k != "per_layer"},
+                     # 4 KiB pages read per token: with bundles smaller than a page, pages and requests (not runs)
+                     # set the device time (solvers/device_cost.py)
+                     "pages_per_token": (rep.bytes_read_per_token or 0) / 4096})
     return rows
 
 

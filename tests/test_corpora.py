@@ -135,3 +135,21 @@ def test_stats_merge_cli(tmp_path) -> None:
     assert res.exit_code == 2 and "--weights" in res.output
     res = runner.invoke(app, ["stats-merge", str(tmp_path / "a"), "--out", str(tmp_path / "w")])
     assert res.exit_code == 2
+
+
+def test_stats_merge_weights(tmp_path) -> None:
+    from coact import stats as stats_mod
+
+    if not hasattr(stats_mod, "merge"):
+        pytest.skip("coact.stats.merge(stats_list, weights) has not landed yet")
+    a, b = _stats(0, 50), _stats(1, 30)
+    a.save(tmp_path / "a")
+    b.save(tmp_path / "b")
+    res = runner.invoke(app, ["stats-merge", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "m"),
+                              "--weights", "2,1"])
+    assert res.exit_code == 0, res.output
+    m = CoactStats.load(tmp_path / "m")
+    assert m.n_tokens == 130 and np.array_equal(m.freq, 2 * a.freq + b.freq)
+    res = runner.invoke(app, ["stats-merge", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "x"),
+                              "--weights", "1"])
+    assert res.exit_code == 2 and "one non-negative integer per input" in res.output

@@ -28,3 +28,9 @@ def test_demo_at_an_accuracy_budget(direct_io_dir):
     assert rows["ripple"]["mean_run_length"] > rows["identity"]["mean_run_length"]
     assert rows["dense (whole FFN)"]["bytes_read_per_token"] > rows["ripple"]["bytes_read_per_token"]
     assert (out / "report.json").exists() and (out / "demo.png").stat().st_size > 0
+    # ... and it ends with the model generating from flash per layout: the same tokens (the engine is exact).
+    flash = {r["layout"]: r for r in summary["flash"]}
+    assert set(flash) == {"dense from flash", "identity", "frequency", "ripple"}
+    assert len({tuple(r["tokens"]) for r in flash.values()}) == 1 and len(flash["ripple"]["tokens"]) == 8
+    assert all(r["tokens_per_s"] > 0 for r in flash.values())
+    assert flash["dense from flash"]["mb_read_per_token"] > flash["ripple"]["mb_read_per_token"]

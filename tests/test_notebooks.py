@@ -42,6 +42,10 @@ FIGURES = {
         "03_layer_sensitivity.png",
         "03_structure_vs_operating_point.png",
     ],
+    "04_scale.ipynb": [
+        "04_synth_fit.png",
+        "04_synth_structure.png",
+    ],
 }
 # Figures a notebook writes only when the runtime provides what they show (guarded in the notebook).
 OPTIONAL = {"02_dram_budget.png": "runtime.pipelines"}
@@ -77,6 +81,7 @@ def _module_exists(name: str) -> bool:
     "01_coactivation.ipynb",
     pytest.param("02_solver_comparison.ipynb", marks=pytest.mark.disk),  # real O_DIRECT replay
     "03_accuracy.ipynb",
+    "04_scale.ipynb",
 ])
 def test_notebook_runs_clean_and_writes_figures(name: str, tmp_path: Path, jupyter_path: Path) -> None:
     work = tmp_path / "run"

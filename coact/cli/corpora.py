@@ -49,20 +49,21 @@ def corpus(
 def stats_merge(
     stats_dirs: List[Path] = typer.Argument(..., help="Two or more statistics folders (coact stats) of one model."),
     out: Path = typer.Option(..., help="Output statistics folder."),
-    weights: Optional[str] = typer.Option(None, help="Comma-separated share of each input in the result, e.g. "
-                                                     "'0.5,0.3,0.2' (normalised); default: the plain sum of counts."),
+    weights: Optional[str] = typer.Option(None, help="Comma-separated non-negative integers, one per input: input i "
+                                                     "counts as if its tokens were seen w_i times (exact counts), "
+                                                     "e.g. '2,1'; default: the plain sum."),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
     """Combine statistics without recapturing (counts of disjoint token sets add; weights re-balance domains).
 
-    Example: coact stats-merge stats/wiki stats/code --weights 0.5,0.5 --out stats/mix
+    Example: coact stats-merge stats/wiki stats/code --weights 1,2 --out stats/mix
     """
     w = None
     if weights is not None:
         try:
-            w = [float(x) for x in weights.split(",") if x.strip()]
+            w = [int(x) for x in weights.split(",") if x.strip()]
         except ValueError:
-            raise CoactError(f"--weights must be comma-separated numbers, got {weights!r}") from None
+            raise CoactError(f"--weights must be comma-separated integers, got {weights!r}") from None
     st = merge_stats(stats_dirs, w, out)
     info = {"out": str(out), "n_tokens": st.n_tokens, "n_layers": st.n_layers, "n_neurons": st.n_neurons,
             "digest": st.digest, "weights": w}

@@ -59,7 +59,7 @@ def demo(
                      sparsity=0.9 if sparsity is None else sparsity)
     summary = run_demo(cfg, progress=not json_out, log=logger(json_out))
     if json_out:
-        emit_json({k: summary[k] for k in ("config", "regime", "accuracy", "operating_point", "rows",
+        emit_json({k: summary[k] for k in ("config", "regime", "accuracy", "operating_point", "rows", "flash",
                                            "achieved_sparsity")})
         return
     acc = summary["accuracy"]
@@ -77,6 +77,16 @@ def demo(
                   f"{r['io_ms_per_token_mean']:.2f}", f"{r['io_ms_per_token_p50']:.2f}",
                   f"{r['io_ms_per_token_p99']:.2f}", f"{r['effective_bandwidth_MBps']:.0f}")
     out_console.print(t)
+    if summary["flash"]:
+        g = Table(title=f"the model run from flash (coact/online.py): {len(summary['flash'][0]['tokens'])} greedy "
+                        f"tokens per layout, same perplexity for all, DRAM cache 10 % of the FFN")
+        for col in ("layout", "tokens/s", "ms/token", "compute ms", "I/O wait ms", "I/O hidden ms", "MB/token"):
+            g.add_column(col, justify="right", no_wrap=True)
+        for r in summary["flash"]:
+            g.add_row(r["layout"], f"{r['tokens_per_s']:.2f}", f"{r['ms_per_token']:.0f}", f"{r['compute_ms']:.0f}",
+                      f"{r['io_wait_ms']:.0f}", f"{r['io_hidden_ms']:.0f}", f"{r['mb_read_per_token']:.1f}")
+        out_console.print(g)
+        out_console.print(f"generated: {summary['flash'][0]['text']!r}")
     sp = summary["achieved_sparsity"]
     out_console.print(f"achieved sparsity per layer (trace): min {min(sp):.3f}, max {max(sp):.3f}")
     out_console.print(f"outputs: {out.resolve()} (report.json, demo.png, layouts/, stats/, trace/)")
@@ -229,11 +239,11 @@ def evaluate(
     n = rows[0]["n_tokens"] if rows else 0
     t = Table(title=f"simulated on {n:,} tokens (collapse {collapse})",
               caption=accuracy_line(rows[0]) if rows else None)
-    for col in ("solver", "mean run length", "reads/token", "KiB read/token", "over-read"):
+    for col in ("solver", "mean run length", "reads/token", "pages/token", "KiB read/token", "over-read"):
         t.add_column(col, justify="right")
     for r in rows:
         t.add_row(r["solver"], f"{r['mean_run_length']:.3f}", f"{r['reads_per_token']:.1f}",
-                  f"{r['bytes_read_per_token'] / 1024:.0f}", f"{r['overread']:.3f}")
+                  f"{r['pages_per_token']:.1f}", f"{r['bytes_read_per_token'] / 1024:.0f}", f"{r['overread']:.3f}")
     out_console.print(t)
 
 

@@ -20,6 +20,7 @@ tokenizer and never overlaps: profile on ``@profile``, evaluate on ``@heldout``.
 """
 from __future__ import annotations
 
+import gzip
 import json
 import os
 from dataclasses import dataclass
@@ -46,8 +47,6 @@ def _pydoc() -> str:
 
 def _gz(name: str) -> Callable[[], str]:
     def load() -> str:
-        import gzip
-
         p = DATA / name
         try:
             return gzip.decompress(p.read_bytes()).decode("utf-8")

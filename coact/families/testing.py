@@ -1,6 +1,7 @@
 """Tiny randomly initialised models of every registered family, for tests (no download, a fraction of a second
 each): ``save_tiny(family, folder)`` writes a transformers folder (config, safetensors, a 256-token byte-level
-tokenizer) that :func:`coact.models.load_model` loads like any local model.
+tokenizer; the vocabulary has 272 rows because some families' tokenizer classes add a special token on load, e.g.
+Qwen2's ``<|endoftext|>``) that :func:`coact.models.load_model` loads like any local model.
 
 Why here and not in tests/: the family conformance tests, the export tests and third parties adding a family all
 need the same tiny models; one builder keeps their shapes consistent.
@@ -10,7 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-HIDDEN, FFN, LAYERS, HEADS, VOCAB, POSITIONS = 32, 64, 2, 4, 256, 256
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors  # a transformers dependency
+
+HIDDEN, FFN, LAYERS, HEADS, VOCAB, POSITIONS = 32, 64, 2, 4, 272, 256
 
 _COMMON = dict(hidden_size=HIDDEN, intermediate_size=FFN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
                num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=POSITIONS, head_dim=HIDDEN // HEADS,
@@ -38,22 +41,26 @@ OVERRIDES: dict[str, dict[str, Any]] = {
 
 
 def tiny_config(family: str) -> Any:
-    """A transformers config of a tiny model of ``family`` (hidden 32, FFN 64, 2 layers, 256 tokens)."""
+    """A transformers config of a tiny model of ``family`` (hidden 32, FFN 64, 2 layers, 272 embeddings)."""
     from transformers import AutoConfig
 
     return AutoConfig.for_model(family, **OVERRIDES.get(family, _COMMON))
 
 
-def byte_tokenizer() -> Any:
-    """A 256-token byte-level BPE tokenizer with no merges (every byte is a token), built offline."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+def byte_tokenizer(bos: bool = False) -> Any:
+    """A 256-token byte-level BPE tokenizer with no merges (every byte is a token), built offline; with ``bos``
+    it puts ``<s>`` (id 256) in front of every text, as Llama's and Gemma's tokenizers do."""
     from transformers import PreTrainedTokenizerFast
 
     vocab = {c: i for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
     tk = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tk.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=tk)
+    if not bos:
+        return PreTrainedTokenizerFast(tokenizer_object=tk)
+    tk.add_special_tokens(["<s>"])
+    tk.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", tk.token_to_id("<s>"))])
+    return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>")
 
 
 def tiny_model(family: str, seed: int = 0, **overrides: Any) -> Any:
@@ -74,12 +81,13 @@ def tiny_model(family: str, seed: int = 0, **overrides: Any) -> Any:
     return model.eval()
 
 
-def save_tiny(family: str, folder: str | Path, seed: int = 0, **overrides: Any) -> Path:
-    """Save :func:`tiny_model` and :func:`byte_tokenizer` with ``save_pretrained`` into ``folder``."""
+def save_tiny(family: str, folder: str | Path, seed: int = 0, *, bos: bool = False, **overrides: Any) -> Path:
+    """Save :func:`tiny_model` (config ``overrides``) and :func:`byte_tokenizer` (``bos``) with
+    ``save_pretrained`` into ``folder``."""
     import transformers
 
     transformers.logging.set_verbosity_error()
     folder = Path(folder)
     tiny_model(family, seed, **overrides).save_pretrained(folder)
-    byte_tokenizer().save_pretrained(folder)
+    byte_tokenizer(bos).save_pretrained(folder)
     return folder
