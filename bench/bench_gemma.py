@@ -37,6 +37,8 @@ def main() -> None:
     ap.add_argument("--replay", action="store_true", help="also pack identity/ripple and replay with O_DIRECT")
     ap.add_argument("--replay-tokens", type=int, default=128)
     ap.add_argument("--no-ppl", action="store_true", help="skip the dense WikiText-2 perplexity")
+    ap.add_argument("--trace", type=Path, default=None,
+                    help="reuse this trace (CATS 90 %% of pydoc, at least P + H tokens) instead of capturing")
     args = ap.parse_args()
 
     from coact import zoo
@@ -56,11 +58,13 @@ def main() -> None:
     t0 = time.time()
     handle = load_model(args.model)
     t_load = time.time() - t0
-    tdir = work / f"trace-pydoc-{P + H}"
+    tdir = args.trace or work / f"trace-pydoc-{P + H}"
     t1 = time.time()
     tr = Trace.load(tdir) if (tdir / "coact_trace.json").exists() else capture(
         handle, "pydoc", tdir, tokens=P + H, ctx=256, sparsity=0.9, calib_tokens=1024)
     t_capture = time.time() - t1
+    if tr.model_id != handle.model_id or tr.n_tokens < P + H:
+        sys.exit(f"{tdir}: a trace of {tr.model_id!r} with {tr.n_tokens} tokens; need {handle.model_id!r}, {P + H}")
     stats = compute_stats(tr, start=0, stop=P)
     bb = bundle_bytes("up-down", "fp16", handle.d_model)
     cmp = compare_solvers(stats, tr.packed(P, P + H), args.solver or SOLVERS, bundle_bytes=bb,

@@ -129,16 +129,19 @@ def step_synth(wd: str, L: int, N: int, T: int, seed: int, d_model: int) -> dict
     return {"bytes": sum(f.stat().st_size for f in out.rglob("*") if f.is_file())}
 
 
-def step_stats(wd: str, k: int, executor: str) -> dict:
+def step_stats(wd: str, k: int, executor: str, tokens: int | None) -> dict:
     from coact.stats import count_stats
     from coact.trace import Trace
 
     out = Path(wd) / "stats"
     if out.exists():
         return {"note": "reused"}
-    st = count_stats(Trace.load(Path(wd) / "trace"), top_k=k, executor=executor, progress=True)
+    tr = Trace.load(Path(wd) / "trace")
+    stop = min(int(tokens), tr.n_tokens) if tokens else tr.n_tokens
+    st = count_stats(tr, stop=stop, top_k=k, executor=executor, progress=True)
     st.save(out)
-    return {"top_k": k, "bytes": sum(f.stat().st_size for f in out.rglob("*") if f.is_file())}
+    (Path(wd) / "stats_tokens.json").write_text(json.dumps({"stop": stop}))
+    return {"top_k": k, "tokens": stop, "bytes": sum(f.stat().st_size for f in out.rglob("*") if f.is_file())}
 
 
 def _layer_loader(stats_dir: str, layer: int) -> Any:
@@ -169,6 +172,27 @@ def _objectives(stats_dir: str, perms: list) -> list[int]:
     return [int(objective(p, _load_layer_graph(stats_dir, l))) for l, p in enumerate(perms)]
 
 
+def _full_objectives(wd: str, perms: list) -> list[int]:
+    """The exact objective on the FULL graph (every pair, not only candidates), straight from the trace: per layer,
+    the number of (token, adjacent pair) where both neurons fire (docs/DESIGN.md §2), in token blocks."""
+    import numpy as np
+
+    from coact.trace import Trace
+    from common.bits import unpack_bits
+
+    tr = Trace.load(Path(wd) / "trace")
+    rng = Path(wd) / "stats_tokens.json"
+    stop = json.loads(rng.read_text())["stop"] if rng.exists() else tr.n_tokens  # the tokens the stats counted
+    out = []
+    for l, p in enumerate(perms):
+        tot = 0
+        for t0 in range(0, stop, 4096):
+            a = unpack_bits(tr.layer_packed(l, t0, min(t0 + 4096, stop)), tr.n_neurons)[:, p]
+            tot += int(np.count_nonzero(a[:, :-1] & a[:, 1:]))
+        out.append(tot)
+    return out
+
+
 def step_solve(wd: str, solver: str, executor: str, time_limit: float | None) -> dict:
     import numpy as np
 
@@ -183,8 +207,9 @@ def step_solve(wd: str, solver: str, executor: str, time_limit: float | None) ->
     secs = time.perf_counter() - t0
     np.save(Path(wd) / f"perms_{solver}.npy", np.stack(res.perms))
     obj = _objectives(sd, res.perms)
+    full = _full_objectives(wd, res.perms)
     return {"solver": solver, "solve_seconds": round(secs, 2), "sum_layer_seconds": round(sum(res.seconds), 2),
-            "objective_candidate": int(sum(obj)), "objective_per_layer": obj}
+            "objective_candidate": int(sum(obj)), "objective_full": int(sum(full)), "objective_per_layer": obj}
 
 
 def step_bound(wd: str, executor: str, time_limit: float) -> dict:
@@ -300,7 +325,8 @@ def step_solve70b(L: int, N: int, k: int, executor: str) -> dict:
 
 
 def markdown(rows: list[dict], cfg: dict) -> str:
-    lines = [f"Scale benchmark: {cfg['layers']} x {cfg['neurons']:,} neurons, {cfg['tokens']:,} tokens, "
+    lines = [f"Scale benchmark: {cfg['layers']} x {cfg['neurons']:,} neurons, {cfg['tokens']:,} tokens "
+             f"(statistics on {cfg.get('stats_tokens') or cfg['tokens']:,}), "
              f"top-k {cfg['top_k']}, executor {cfg['executor']}, d_model {cfg['d_model']} "
              f"(`{cfg['command']}`; 2 cores shared with other agents, times are upper bounds).", "",
              "| step | wall s | peak RSS (tree) GiB | peak RSS (step process) GiB | notes |", "|---|---:|---:|---:|---|"]
@@ -311,7 +337,8 @@ def markdown(rows: list[dict], cfg: dict) -> str:
             note = "FAILED: " + r.get("error", "")[:120]
         elif r["step"].startswith("solve:"):
             obj = r["objective_candidate"]
-            note = f"objective {obj:,}" + (f", gap to bound {100 * (bound - obj) / bound:.2f} %" if bound else "")
+            note = (f"objective {obj:,} on candidate pairs ({r.get('objective_full', 0):,} on all pairs)"
+                    + (f", gap to bound {100 * (bound - obj) / bound:.2f} %" if bound else ""))
         elif r["step"] == "bound":
             note = f"bound {r['bound']:,.0f} (degree bound {r['degree_bound']:,.0f})"
         elif r["step"] == "pack":
@@ -338,6 +365,7 @@ def main() -> None:
     ap.add_argument("--neurons", type=int, default=11008)
     ap.add_argument("--tokens", type=int, default=100_000)
     ap.add_argument("--top-k", type=int, default=32)
+    ap.add_argument("--stats-tokens", type=int, default=None, help="Count only the first tokens (default all).")
     ap.add_argument("--d-model", type=int, default=4096)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--executor", default="local:2")
@@ -354,12 +382,22 @@ def main() -> None:
     ap.add_argument("--workdir", default="/tmp/coact_scale")
     ap.add_argument("--keep-pack", action="store_true")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "scale"))
+    ap.add_argument("--merge", nargs="*", default=None,
+                    help="Only merge the steps of these result JSON files (runs of step subsets) into --out.")
     a = ap.parse_args()
+    if a.merge is not None:
+        parts = [json.loads(Path(f).read_text()) for f in a.merge]
+        rows_m = [r for p_ in parts for r in p_["steps"]]
+        cfg_m = dict(parts[0]["config"], command=" + ".join(p_["config"]["command"] for p_ in parts))
+        Path(a.out + ".json").write_text(json.dumps({"config": cfg_m, "steps": rows_m}, indent=1, default=float))
+        Path(a.out + ".md").write_text(markdown(rows_m, cfg_m))
+        print(Path(a.out + ".md").read_text())
+        return
     solvers = a.solver or ["ripple", "local-search", "path-cover"]
     steps = a.steps.split(",")
     wd = Path(a.workdir)
     wd.mkdir(parents=True, exist_ok=True)
-    cfg = {"layers": a.layers, "neurons": a.neurons, "tokens": a.tokens, "top_k": a.top_k, "d_model": a.d_model,
+    cfg = {"layers": a.layers, "neurons": a.neurons, "tokens": a.tokens, "stats_tokens": a.stats_tokens, "top_k": a.top_k, "d_model": a.d_model,
            "executor": a.executor, "time_limit": a.time_limit, "command": " ".join(["bench/bench_scale.py"] + sys.argv[1:]),
            "cpus": os.cpu_count(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     print(f"free disk at {wd}: {shutil.disk_usage(wd).free / 2**30:.1f} GiB", file=sys.stderr)
@@ -374,7 +412,7 @@ def main() -> None:
     if "synth" in steps:
         rows.append(run_step("synth", step_synth, str(wd), a.layers, a.neurons, a.tokens, a.seed, a.d_model)); save()
     if "stats" in steps:
-        rows.append(run_step("stats", step_stats, str(wd), a.top_k, a.executor)); save()
+        rows.append(run_step("stats", step_stats, str(wd), a.top_k, a.executor, a.stats_tokens)); save()
     if "solve" in steps:
         for s in solvers:
             rows.append(run_step(f"solve:{s}", step_solve, str(wd), s, a.executor, a.time_limit)); save()

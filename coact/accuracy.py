@@ -75,6 +75,8 @@ def perplexity(handle: ModelHandle, stream: np.ndarray, *, start: int, tokens: i
     ``sparsifier`` must already be calibrated (None: the dense model).
     """
     windows = token_windows(stream, int(start), int(tokens), int(ctx))
+    if hasattr(handle, "check_inputs"):  # one line instead of an index error: --ctx within the position table
+        handle.check_inputs(ctx=min(int(ctx), int(tokens)))  # the longest window
     if sparsifier is not None and sparsifier.needs_calibration:
         raise ValueError("calibrate the sparsifier before measuring perplexity")
     groups: list[list[np.ndarray]] = []

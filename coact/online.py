@@ -707,6 +707,7 @@ def run_flash_perplexity(pack: str | Path, *, corpus: str = "pydoc", tokens: int
                          ctx: int = 256, calib_tokens: int = 1024, **kw: Any) -> dict[str, Any]:
     """`coact perplexity --from PACK`: teacher-forced perplexity computed from flash, plus the speed report."""
     with open_flash_model(pack, corpus=corpus, calib_tokens=calib_tokens, **kw) as fm:
+        fm.handle.check_inputs(ctx=int(ctx))
         sp = fm.sparsifier
         if start is None:
             start = calib_tokens

@@ -281,6 +281,15 @@ class CoactStats:
         c = self.candidates[l]
         return LayerStats(self.freq[l], c.csr(), self.n_tokens, c.excluded_max.astype(np.int64), "candidate")
 
+    def verify_layers(self) -> None:
+        """Read every layer once and check it (its sha256 for sharded folders; what :meth:`load` defers), keeping
+        none of them in memory beyond what was already loaded. Raises :class:`StatsError`."""
+        if isinstance(self.candidates, _ShardedLayers):
+            sh = self.candidates
+            for l in range(len(sh)):
+                if l not in sh._cache:
+                    _read_layer(sh.root, l, sh.n_neurons, sh.digests[l])
+
     def excluded_max(self, l: int) -> np.ndarray:
         """int64 [N]: for each neuron of layer ``l`` the largest count of a pair not stored (0 for dense)."""
         return self.layer(l).excluded_max

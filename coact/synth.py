@@ -39,11 +39,15 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import datasets
 import numpy as np
+import pyarrow as pa
+from datasets.arrow_writer import ArrowWriter
+from datasets.features.features import Array2DExtensionType
 from numba import njit, prange
 from scipy.special import ndtr, ndtri
 
-from common.bits import n_packed_bytes, pack_bits, unpack_bits
+from common.bits import n_packed_bytes, unpack_bits
 from coact.errors import CoactError
 from coact.progress import make_progress
 from coact.trace import (FORMAT, META_FILE, Trace, _features, check_trace_output, content_digest, file_digests,
@@ -264,9 +268,6 @@ def write_synthetic_trace(
     the metadata has the same fields as a captured trace (``model_id`` names the fit and seed, ``sparsifier`` is
     ``{"name": "synthetic", ...}``, ``d_model`` for packing) plus ``synth`` (shape, seed, fit name and digest).
     """
-    import datasets
-    from datasets.arrow_writer import ArrowWriter
-
     datasets.disable_progress_bars()
     out = Path(out)
     check_trace_output(out)
@@ -335,9 +336,6 @@ def write_synthetic_trace(
 def _arrow_block(blk: np.ndarray, t0: int) -> Any:
     """A block [t, L, nb] as an Arrow table of the trace schema, built from the numpy buffer without per-row
     Python conversion (datasets' ``write_batch`` of a list of arrays costs ~3 ms per token at 32 x 11,008)."""
-    import pyarrow as pa
-    from datasets.features.features import Array2DExtensionType
-
     T, L, nb = blk.shape
     values = pa.array(np.ascontiguousarray(blk).reshape(-1), type=pa.uint8())
     inner = pa.ListArray.from_arrays(pa.array(np.arange(0, T * L * nb + 1, nb, dtype=np.int32)), values)

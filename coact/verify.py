@@ -82,6 +82,7 @@ def verify_artefact(path: str | os.PathLike[str], kind: str | None = None) -> di
         summary = verify_trace(p)
     elif kind == "stats":
         st = CoactStats.load(p)
+        st.verify_layers()  # sharded statistics read their layers lazily: check every one here
         summary = {"n_layers": st.n_layers, "n_neurons": st.n_neurons, "n_tokens": st.n_tokens,
                    "model_id": st.meta.get("model_id"), "digest": st.digest}
     elif kind == "layout":

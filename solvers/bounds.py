@@ -14,8 +14,9 @@ path is a set of N-1 edges in which every node has degree <= 2 and every node su
 whose optimum bounds the objective from above (the 2-matching relaxation of the TSP, Held & Karp 1970 with
 subtour elimination added by cutting planes as in Dantzig, Fulkerson & Johnson 1954). Separation is the cheap
 heuristic one: connected components of the support graph {e : x_e > eps} and of {e : x_e > 1/2}; a component
-whose internal LP weight exceeds |S| - 1 gives a violated cut. The LP is solved by HiGHS through
-``scipy.optimize.linprog`` with a sparse constraint matrix.
+whose internal LP weight exceeds |S| - 1 gives a violated cut. The LP is solved by HiGHS, kept alive between
+rounds (columns and cut rows are added and each solve warm-starts from the previous basis: ~3-15 s per 11,008-neuron
+candidate layer, where a cold ``scipy.optimize.linprog`` solve per round took ~200 s); ``linprog`` is the fallback.
 
 **Large graphs: column generation.** A dense co-activation graph has ~N²/2 pairs (1.1 M for N = 1536), too many
 for one LP. The LP starts on the union of every node's top-k partners; after each solve the duals price *every*

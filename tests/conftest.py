@@ -1,10 +1,21 @@
 """Shared fixtures (kept tiny)."""
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
 import pytest
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (``.ci/test`` runs ``-n 2``) each worker computes with one torch thread: two workers with
+    two threads each would oversubscribe the two cores, and two single-threaded workers keep both cores busy
+    through the Python-bound parts too."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ from coact import zoo
 from coact.export_model import (ExportError, GGUF_KEY, HF_KEY, _permuted_tensor, export_gguf, export_hf,
                                 export_model, is_model_export, read_model_layout)
 from runtime.layout import Layout, save_layout
-from tests.conftest import save_tiny_model
 
 
 def _random_layout(model_id: str, n_layers: int, n: int, seed: int = 0) -> Layout:
@@ -30,25 +29,13 @@ def _logits(model, ids) -> np.ndarray:
         return model(torch.as_tensor(ids)).logits.float().numpy()
 
 
-def _save_tiny_gpt2(folder: Path) -> Path:
-    """A plain FFN with biases and Conv1D weights (GPT-2): biases and transposed axes must move with neurons."""
-    import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(1)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=256, n_embd=32, n_layer=2, n_head=4, n_inner=48, n_positions=64))
-    with torch.no_grad():  # random biases (the default init is zero, which would hide a bias left in place)
-        for block in model.transformer.h:
-            block.mlp.c_fc.bias.normal_()
-            block.mlp.c_proj.bias.normal_()
-    model.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module", params=["llama", "gpt2"])
+#: llama: separate gate/up; gpt2: Conv1D (transposed) with biases; phi3: fused gate_up; opt: FFN on the decoder
+#: layer itself, with biases. coact.families.testing randomises biases, so a bias left in place would show.
+@pytest.fixture(scope="module", params=["llama", "gpt2", "phi3", "opt"])
 def tiny_dir(request, tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp(request.param) / "model"
-    return save_tiny_model(folder, layers=2) if request.param == "llama" else _save_tiny_gpt2(folder)
+    from coact.families.testing import save_tiny
+
+    return save_tiny(request.param, tmp_path_factory.mktemp(request.param) / "model")
 
 
 def test_hf_export_reproduces_logits_and_carries_the_layout(tiny_dir, tmp_path):

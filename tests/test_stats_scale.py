@@ -108,6 +108,12 @@ def test_sharded_folder_loads_one_layer_alone(tmp_path: Path) -> None:
     lazy.layer(0)
     with pytest.raises(StatsError, match="digest"):
         lazy.layer(1)
+    with pytest.raises(StatsError, match="digest"):
+        CoactStats.load(out).verify_layers()
+    from coact.verify import verify_artefact
+
+    with pytest.raises(StatsError, match="digest"):
+        verify_artefact(out)
     # editing the provenance in meta.json breaks the folder digest at load
     meta = json.loads((out / "meta.json").read_text())
     meta["meta"]["model_id"] = "other"
@@ -150,3 +156,20 @@ def test_dense_is_refused_when_it_does_not_fit() -> None:
     check_dense_fits(30, 1536, available=16 << 30)
     with pytest.raises(StatsError, match="--dense"):
         check_dense_fits(32, 11008, available=24 << 30)
+
+
+def test_layer_jobs_read_their_layer_from_the_trace_folder(tmp_path: Path) -> None:
+    """Per-layer jobs open the trace folder themselves (what a pool or Ray worker does) and give the counts of the
+    packed array; dense counts of a token range equal compute_stats'. (Executors returning identical results is
+    tests/test_executors.py's job; a pool costs seconds of worker start-up, so this test stays serial.)"""
+    from coact.synth import write_synthetic_trace
+
+    tr = write_synthetic_trace(tmp_path / "t", n_layers=3, n_neurons=40, n_tokens=300, seed=5, progress=False)
+    serial = count_stats(tr, top_k=6, executor="serial", progress=False)
+    pooled = count_stats(tmp_path / "t", top_k=6, executor="serial", progress=False)
+    assert pooled.digest == serial.digest
+    raw = count_stats(tr.packed(), n_neurons=40, top_k=6, progress=False)
+    for l in range(3):
+        assert (raw.layer(l).coact != serial.layer(l).coact).nnz == 0
+    part = count_stats(tr, start=100, stop=250, dense=True, progress=False)
+    assert part.digest == compute_stats(tr, start=100, stop=250, progress=False).digest

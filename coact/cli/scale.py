@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 
 from common.atomic import atomic_path
-from coact.cli._app import app, command, emit_json, out_console
+from coact.cli._app import command, emit_json, out_console
 from coact.synth import BUILTIN_FITS, fit_synth, write_synthetic_trace
 
 __all__ = ["synth", "synth_fit"]
