@@ -111,7 +111,7 @@ def main() -> None:
     load0 = os.getloadavg()
     h = load_model("smollm2")
     stream = tokenize(load_text(args.corpus), h.tokenizer)
-    held = args.profile + 512  # held-out tokens start after the profile (+ a gap)
+    held = max(args.profile, 2048) + 512  # held-out tokens: after the profile and the calibration + validation tokens
     prompt = stream[held + args.ppl_tokens : held + args.ppl_tokens + 8].tolist()
     cm = CostModel.load(args.cost) if args.cost else quick_cost_model(work, log)
     bb = bundle_bytes("up-down", "fp16", h.d_model)
@@ -129,7 +129,7 @@ def main() -> None:
     for label, spec in points:
         log(f"operating point {label}")
         if "budget" in spec:
-            op = choose_operating_point(h, args.corpus, spec["budget"], calib_tokens=1024, validation_tokens=512,
+            op = choose_operating_point(h, args.corpus, spec["budget"], calib_tokens=1024, validation_tokens=1024,
                                         progress=False)
             thr, mean_sp = op.thresholds, op.mean_sparsity
         else:

@@ -20,10 +20,12 @@ its block axis: a block of 32 or 256 neurons shares one scale, so its columns ca
 bytes. The export therefore **de-quantises ffn_down and stores it as F32** (``gguf.quants.dequantize``, the
 routine transformers uses to load GGUF): the permuted tensor holds exactly the values the original decoded to, and
 a transformers load of the exported file gives the original's logits to float rounding (measured: max |diff|
-2.6e-5 on Gemma 3, logits up to 24; the SmolLM2 test holds 1e-4). Re-quantising instead would change the weights
-(the K-quants of the source cannot even be re-encoded by ``gguf.quants``), so it is not offered. Cost: ffn_down
-grows from 5-6.6 to 32 bits per weight (SmolLM2 98 -> 188 MB, Gemma 3 253 -> 331 MB). F32/F16 ffn_down tensors
-are permuted in their own type. llama.cpp was not available here to load the export (not tested). Mixture-of-experts GGUF tensors (``ffn_*_exps``) are refused.
+2.6e-5 on Gemma 3 with logits up to 24, 7.4e-5 on SmolLM2 with logits up to 35; the test holds 1e-5 of the
+largest logit). Re-quantising instead would change the weights (the K-quants of the source cannot even be
+re-encoded by ``gguf.quants``), so it is not offered. Cost: ffn_down grows from 5-6.6 to 32 bits per weight
+(SmolLM2 98 -> 188 MB, Gemma 3 253 -> 331 MB). F32/F16 ffn_down tensors are permuted in their own type.
+Mixture-of-experts GGUF tensors (``ffn_*_exps``) are refused. llama.cpp was not available here, so loading the
+export with it is untested.
 
 Which layout a model carries: :func:`read_model_layout` (``coact verify MODEL_DIR`` / ``coact verify FILE.gguf``
 prints it).

@@ -51,7 +51,6 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from coact.corpus import load_text, token_windows, tokenize

@@ -47,6 +47,7 @@ from datasets.features.features import Array2DExtensionType
 from numba import njit, prange
 from scipy.special import ndtr, ndtri
 
+from common.atomic import fsync_path
 from common.bits import n_packed_bytes, unpack_bits
 from coact.errors import CoactError
 from coact.progress import make_progress
@@ -327,8 +328,12 @@ def write_synthetic_trace(
     meta["files"] = file_digests(final)
     meta["meta_digest"] = meta_digest(meta)
     (final / META_FILE).write_text(json.dumps(meta, indent=1))
+    for f in final.iterdir():
+        fsync_path(f)
+    fsync_path(final)
     check_trace_output(out)
     os.rename(final, out)
+    fsync_path(out.parent)
     shutil.rmtree(partial)
     return Trace.load(out)
 

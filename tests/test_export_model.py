@@ -164,7 +164,7 @@ def test_gguf_export_moves_rows_bytewise_and_dequantises_down(tmp_path):
                                       np.asarray(ta[f"blk.{layer}.ffn_up.bias"].data)[p])
         np.testing.assert_array_equal(np.asarray(tb[f"blk.{layer}.attn_q.weight"].data),
                                       np.asarray(ta[f"blk.{layer}.attn_q.weight"].data))
-    assert b.fields["general.name"].contents() == "tiny"
+    assert b.fields["general.name"].contents() == "tiny" and GGUF_KEY in b.fields and GGUF_KEY not in a.fields
     assert b.fields["tokenizer.ggml.tokens"].contents() == ["a", "b", "c"]
     rec = read_model_layout(out)
     assert rec["model_format"] == "gguf" and rec["layout"]["digest"] == lay.digest
@@ -235,5 +235,7 @@ def test_smollm2_gguf_export_reproduces_logits(smollm2, tmp_path):
     # the model only: the tokenizer is the unchanged GGUF vocabulary, and converting it takes ~15 s
     exported = AutoModelForCausalLM.from_pretrained(str(out.parent), gguf_file=out.name, dtype=torch.float32)
     a, b = _logits(smollm2.model, ids), _logits(exported.eval(), ids)
-    assert np.max(np.abs(a - b)) < 1e-4
+    # float rounding only (the FFN sums its neurons in another order, through 30 layers): 1e-5 of the largest
+    # logit (measured 7.4e-5 absolute at logits up to 35 on another prompt)
+    assert np.max(np.abs(a - b)) <= 1e-5 * np.max(np.abs(a))
     assert (a.argmax(-1) == b.argmax(-1)).all()

@@ -3,19 +3,21 @@ trace -> stats -> solve -> pack -> replay; packs byte-exact against the model's 
 biases included); recorded active sets equal a direct recomputation; permute_ffn keeps the logits; the flash engine
 computes the same logits as the in-memory sparsified model.
 
-Each family's model is built and loaded once per session (a fraction of a second each).
+Each family's model is built and loaded once per test module (a fraction of a second each).
 """
 from __future__ import annotations
 
 import copy
 import gc
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from coact.accuracy import sparsified
+from coact.accuracy import perplexity, sparsified
 from coact.corpus import token_windows, tokenize
 from coact.errors import ModelError
 from coact.families import FAMILIES, Family, family_for
@@ -27,6 +29,7 @@ from coact.trace import Trace, forward_activations
 from coact.workflow import capture, count, pack, replay_pack, solve_layouts
 from common.bits import pack_bits, unpack_bits
 from runtime.direct import direct_io_supported
+from runtime.layout import Layout
 from runtime.pack import PackFile
 
 TOKENS, CTX = 96, 32
@@ -55,16 +58,20 @@ def corpus(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="module")
-def work(tmp_path_factory) -> Path:
+def work(tmp_path_factory):
+    """A folder where O_DIRECT works (the replay and the flash engine read packs with it): the pytest temporary
+    directory, or one inside the repository when that is on tmpfs."""
     d = tmp_path_factory.mktemp("families")
-    if not direct_io_supported(d):
-        repo = Path(__file__).resolve().parent.parent
-        d = Path(tmp_path_factory.mktemp("unused")).parent  # fall back below
-        import tempfile
-        d = Path(tempfile.mkdtemp(prefix=".pytest-families-", dir=repo))
+    if direct_io_supported(d):
+        yield d
+        return
+    d = Path(tempfile.mkdtemp(prefix=".pytest-families-", dir=Path(__file__).resolve().parent.parent))
+    try:
         if not direct_io_supported(d):
             pytest.skip("no directory with O_DIRECT support")
-    return d
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 _BUILT: dict[str, tuple[Path, object]] = {}
@@ -78,35 +85,34 @@ def _model(work: Path, family: str, overrides: dict) -> tuple[Path, object]:
     return _BUILT[key]
 
 
-def _tensor(st: dict, adapter: Family, layer: int, part: str, kind: str = "weight") -> np.ndarray:
-    """A projection's tensor from the saved safetensors, found by its path under the adapter's layer list."""
+def _tensor(st: dict, adapter: Family, layer: int, part: str, kind: str = "weight") -> np.ndarray | None:
+    """A projection's tensor from the saved safetensors, found by its path under the adapter's layer list (None if
+    the checkpoint has no such tensor, e.g. a bias of a bias-free model)."""
     mid = f"{adapter.layers}.{layer}." + (f"{adapter.ffn}." if adapter.ffn else "") + getattr(adapter, part)
-    keys = [k for k in st if k.endswith(f"{mid}.{kind}") and (k == f"{mid}.{kind}" or k[: -len(mid) - len(kind) - 1].endswith("."))]
-    assert len(keys) == 1, (mid, keys)
-    return st[keys[0]]
+    name = f"{mid}.{kind}"
+    keys = [k for k in st if k == name or k.endswith("." + name)]
+    assert len(keys) <= 1, keys
+    return st[keys[0]] if keys else None
 
 
 def _expected(st: dict, adapter: Family, layer: int, n: int) -> dict[str, np.ndarray]:
-    """{part: [N, d] rows by neuron, part_bias: [N]} straight from the checkpoint."""
+    """{part: [N, d] rows by neuron, part_bias: [N]} straight from the checkpoint (down as [N, d]: its columns)."""
     def oi(t: np.ndarray) -> np.ndarray:  # [out, in]
         return t.T if adapter.conv1d else t
 
     out: dict[str, np.ndarray] = {}
     if adapter.fused:
-        w = oi(_tensor(st, adapter, layer, "gate_up"))
+        w, b = oi(_tensor(st, adapter, layer, "gate_up")), _tensor(st, adapter, layer, "gate_up", "bias")
         out["gate"], out["up"] = w[:n], w[n:]
-        try:
-            b = _tensor(st, adapter, layer, "gate_up", "bias")
+        if b is not None:
             out["gate_bias"], out["up_bias"] = b[:n], b[n:]
-        except AssertionError:
-            pass
     else:
-        out["up"] = oi(_tensor(st, adapter, layer, "up"))
-        try:
-            out["up_bias"] = _tensor(st, adapter, layer, "up", "bias")
-        except AssertionError:
-            pass
-    out["down"] = oi(_tensor(st, adapter, layer, "down")).T  # [N, d]: column i of down is row i here
+        for part in ("gate", "up") if adapter.gate else ("up",):
+            out[part] = oi(_tensor(st, adapter, layer, part))
+            b = _tensor(st, adapter, layer, part, "bias")
+            if b is not None:
+                out[f"{part}_bias"] = b
+    out["down"] = oi(_tensor(st, adapter, layer, "down")).T
     return out
 
 
@@ -132,29 +138,32 @@ def test_family_pipeline(family, overrides, work, corpus):
 
     st = count(tr, progress=False)
     layout, _ = solve_layouts(st, ["ripple"], progress=False)["ripple"]
-    for dtype in ("fp32",):
-        pf_path = pack(h, layout, out / f"{dtype}.pack", dtype=dtype, progress=False)
-        ck = load_file(str(folder / "model.safetensors"))
+    ck = load_file(str(folder / "model.safetensors"))
+    for bundle in ("up-down", "gate-up-down") if h.gated else ("up-down",):
+        pf_path = pack(h, layout, out / f"{bundle}.pack", bundle=bundle, dtype="fp32", progress=False)
         with PackFile(pf_path) as pf:
             pf.verify()
-            biased = any(k.endswith("_bias") and k != "down_bias" for k in h.ffn_weights(0))
+            biased = any(f"{p}_bias" in h.ffn_weights(0) for p in pf.header["schema"] if p != "down")
             assert pf.biases == biased and pf.width == h.d_model + int(biased)
             for layer in range(h.n_layers):
                 perm = layout.perms[layer]
                 exp = _expected(ck, h.adapter, layer, h.n_neurons)
                 data = pf.read_neurons(layer, perm)  # bundles in position order
-                raw = open(pf_path, "rb").read()[pf.layer_offset(layer): pf.layer_offset(layer) + pf.layer_nbytes(layer)]
+                with open(pf_path, "rb") as f:  # the file's bytes are exactly these bundles
+                    f.seek(pf.layer_offset(layer))
+                    raw = f.read(pf.layer_nbytes(layer))
                 assert np.array_equal(np.frombuffer(raw, "<f4").reshape(data.shape), data)
                 for j, part in enumerate(pf.header["schema"]):
                     assert np.array_equal(data[:, j, : h.d_model], exp[part][perm]), (layer, part)
                     if biased:
                         bias = exp.get(f"{part}_bias")
-                        want_b = bias[perm] if bias is not None and part != "down" else np.zeros(len(perm))
+                        want_b = np.zeros(len(perm)) if bias is None or part == "down" else bias[perm]
                         assert np.array_equal(data[:, j, h.d_model], want_b), (layer, part)
-    rep = replay_pack(pf_path, tr, progress=False)
+    rep = replay_pack(out / "up-down.pack", tr, progress=False)
     active = int(unpack_bits(got, h.n_neurons).sum())
     assert rep.n_tokens == TOKENS and rep.active == active and rep.loaded == active  # no cache: every active read
-    assert rep.bytes_requested == active * pf.bundle_bytes
+    with PackFile(out / "up-down.pack") as pf:
+        assert rep.bytes_requested == active * pf.bundle_bytes
 
 
 @pytest.mark.parametrize("family,overrides", CASES, ids=IDS)
@@ -190,7 +199,6 @@ def test_flash_engine_equals_in_memory_sparse_model(family, overrides, work, cor
     sp.calibrate(forward_activations(h, token_windows(stream, 0, 64, CTX)))
     out = work / f"flash-{family}-{len(overrides)}"
     out.mkdir(exist_ok=True)
-    from runtime.layout import Layout
     rng = np.random.default_rng(2)
     lay = Layout([rng.permutation(h.n_neurons) for _ in range(h.n_layers)], model_id=h.model_id)
     prompt = stream[100:104].tolist()
@@ -209,7 +217,6 @@ def test_flash_engine_equals_in_memory_sparse_model(family, overrides, work, cor
 
 def test_plain_ffn_refuses_gate_up_down(work):
     _, h = _model(work, "opt", {})
-    from runtime.layout import Layout
     lay = Layout.identity(h.n_neurons, h.n_layers, model_id=h.model_id)
     with pytest.raises(ModelError, match="no gate.*up-down"):
         pack(h, lay, work / "gud.pack", bundle="gate-up-down", progress=False)
@@ -225,8 +232,6 @@ def test_unknown_family_names_the_supported_ones():
 
 
 def test_one_line_model_errors_leave_nothing_behind(work, corpus, tmp_path):
-    import shutil
-
     folder, h = _model(work, "llama", {})
     out = tmp_path / "trace"
     with pytest.raises(ModelError, match=r"--ctx 512 is longer than the model's position table \(256 positions"):
@@ -251,8 +256,6 @@ def test_bos_in_front_of_every_window(work, corpus, tmp_path):
     """A model whose tokenizer adds BOS gets it in front of every window: traces record the window's own tokens
     (activations equal a direct forward of [BOS] + window), perplexity predicts the same c - 1 tokens from the
     BOS-prefixed context, and the flash engine (BOS position in the KV cache, dense) agrees with it."""
-    from coact.accuracy import perplexity
-
     folder = save_tiny("llama", tmp_path / "bos-model", bos=True)
     h = load_model(str(folder))
     assert h.bos == 256 and load_model(str(_model(work, "llama", {})[0])).bos is None
@@ -283,7 +286,6 @@ def test_bos_in_front_of_every_window(work, corpus, tmp_path):
     with pytest.raises(ModelError, match="one taken by BOS.*--ctx 255"):
         h.check_inputs(ctx=256)
 
-    from runtime.layout import Layout
 
     lay = Layout.identity(h.n_neurons, h.n_layers, model_id=h.model_id)
     pf = pack(h, lay, work / "bos.pack", dtype="fp32", progress=False)

@@ -326,3 +326,23 @@ def test_float32_buffer_flushes_before_losing_exactness(monkeypatch):
         assert_matches(compute_stats(packed, n_neurons=N, chunk=chunk, progress=False), *brute(packed, N))
     with pytest.raises(StatsError):
         compute_stats(packed, n_neurons=N, chunk=6, progress=False)
+
+
+def test_older_stats_folders_still_load(tmp_path) -> None:
+    """Version-2 folders (dense, one file; what `coact stats` wrote before the candidate graph became the default)
+    and version-1 folders (counts-only digest) load, as dense statistics with nothing excluded."""
+    stats = compute_stats(random_packed(40, 2, 12), n_neurons=12, progress=False)
+    out = stats.save(tmp_path / "v2")
+    loaded = CoactStats.load(out)
+    assert loaded.kind == "dense" and loaded.digest == stats.digest
+    ls = loaded.layer(1)
+    assert ls.kind == "dense" and not ls.excluded_max.any() and loaded.excluded_max(1).shape == (12,)
+    meta = json.loads((out / "meta.json").read_text())
+    meta.update(version=1, digest=stats._digest_v1())
+    (out / "meta.json").write_text(json.dumps(meta))
+    from safetensors.numpy import load_file, save_file
+
+    tensors = load_file(str(out / "stats.safetensors"))
+    save_file(tensors, str(out / "stats.safetensors"), metadata={"format": "coact-stats", "digest": meta["digest"]})
+    v1 = CoactStats.load(out)
+    assert all((a == b).all() for a, b in zip(v1.coact, stats.coact))

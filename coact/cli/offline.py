@@ -97,7 +97,10 @@ def demo(
 def trace(
     out: Path = typer.Option(..., help="Output trace folder (a datasets dataset)."),
     model: str = typer.Option("smollm2", help="'smollm2' (bundled GGUF) or a local transformers folder / .gguf."),
-    corpus: str = typer.Option("pydoc", help="'pydoc', a text file, a saved dataset, or a mixture 'a+b'."),
+    corpus: str = typer.Option("default", help="A named corpus (coact corpus list; NAME@profile / NAME@heldout), "
+                                               "a text file, a saved dataset, 'a+b', or a weighted mixture "
+                                               "'a:0.5+b:0.5'. Default: the profiling recipe that won the "
+                                               "leave-one-domain-out benchmark (README 'Profiling data')."),
     tokens: int = typer.Option(4096, help="Number of tokens to capture."),
     start: int = typer.Option(0, help="First token of the corpus stream (profiling and held-out ranges must not overlap)."),
     ctx: int = typer.Option(256, help="Tokens per independent sequence."),
@@ -118,7 +121,7 @@ def trace(
 ) -> None:
     """Capture bit-packed active sets of every FFN layer. Resumes after interruption (run the same command again).
 
-    Example: coact trace --tokens 20000 --max-ppl-increase 0.05 --out traces/pydoc-profile
+    Example: coact trace --corpus pydoc --tokens 20000 --max-ppl-increase 0.05 --out traces/pydoc-profile
     """
     op = None
     if max_ppl_increase is not None:
