@@ -430,7 +430,7 @@ def main() -> None:
         rows.append(run_step("pack", step_pack, str(wd), best["solver"] if best else solvers[0], a.d_model)); save()
     if "replay" in steps:
         rows.append(run_step("replay", step_replay, str(wd), a.replay_tokens, a.sim_tokens)); save()
-    if not a.keep_pack and (wd / "scale.pack").exists():
+    if "pack" in steps and not a.keep_pack and (wd / "scale.pack").exists():  # only a pack this run wrote
         (wd / "scale.pack").unlink()
     if "ray" in steps:
         rows.append(run_step("ray", step_ray, str(wd), a.ray_solver, a.time_limit)); save()
