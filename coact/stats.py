@@ -76,9 +76,9 @@ FORMAT_VERSION = 2
 #: Sharded candidate-graph statistics (see the module docstring).
 CANDIDATE_VERSION = 3
 READ_VERSIONS = (1, 2, 3)
-#: Default partners kept per neuron. 32: every solver uses at most ~10-16 partners per neuron (local-search
-#: candidate lists, Ripple's greedy edges), SmolLM2's closest-friend curves (notebooks/01, data/synth/) are still
-#: falling at k = 32, and the union of both directions stays ~32 pairs per neuron: 178 MB for 32 x 11,008 layers
+#: Default partners kept per neuron. 32: local search tries moves towards 10 partners per neuron by default
+#: (solvers/candidates.py), Ripple only needs the heaviest pairs, SmolLM2's closest-friend curves (data/synth/) still
+#: fall at k = 32, and the union of both directions stays ~32 pairs per neuron: 178 MB for 32 x 11,008 layers
 #: instead of 15.5 GB dense (uint32). Caveat: counts to hot neurons (firing on >= half the tokens) are large for
 #: everyone, so ``excluded_max`` is often close to a neuron's best kept count (median 3,758 vs 3,784 on the
 #: synthetic 7B trace): a larger k barely tightens the bound there. ``--top-k`` sets it.
