@@ -11,10 +11,10 @@ all the way, no 2^24 flush).
 Layout: the trace stores one packed active set per token (token-major). :func:`transpose_bits` turns a block of
 tokens into neuron-major words (bit ``t % 64`` of word ``t // 64`` of row ``i`` = neuron i fired on token t);
 :func:`pair_counts` fills the upper triangle with a cache-blocked 4-row micro-kernel and mirrors it.
-:func:`candidates` keeps, per neuron, its top-k partners (count descending, ties by smaller id, only pairs that
-co-fire), takes the symmetric union and computes each neuron's best *excluded* count — exactly what
-``solvers.graph.CoactGraph.candidate_graph`` computes from a complete graph, without ever building a sparse copy of
-all N^2/2 pairs.
+:func:`candidates` keeps, per neuron, its top-k partners (by a score, raw count or normalised; only pairs that
+co-fire), takes the symmetric union and computes each neuron's best *excluded* count — with ``score="count"``
+exactly what ``solvers.graph.CoactGraph.candidate_graph`` computes from a complete graph, without ever building a
+sparse copy of all N^2/2 pairs.
 """
 from __future__ import annotations
 
@@ -149,26 +149,51 @@ def pair_counts(bits: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return C
 
 
+#: Candidate scores (how each neuron ranks its partners; see :func:`candidates`). Codes of :func:`_topk_kernel`.
+SCORES = {"count": 0, "jaccard": 1, "lift": 2, "cosine": 3, "min": 4}
+
+
+@njit(cache=True, boundscheck=False, inline="always")
+def _score(mode, c, fi, fj, t):  # pragma: no cover - compiled
+    """The partner score of a pair with count ``c`` > 0 of neurons with frequencies ``fi``, ``fj`` over ``t``
+    tokens (``mode``: a code of :data:`SCORES`)."""
+    if mode == 0:
+        return c
+    if mode == 1:
+        return c / (fi + fj - c)
+    if mode == 2:
+        return c * t / (fi * fj)
+    if mode == 3:
+        return c / np.sqrt(fi * fj)
+    return c / min(fi, fj)
+
+
 @njit(cache=True, boundscheck=False)
-def _topk_kernel(C, n, k, cand):  # pragma: no cover - compiled
-    """cand[i, :] = the k partners j != i with the largest C[i, j] > 0 (descending, ties by smaller j), -1 padded."""
-    vals = np.zeros(k, dtype=np.int64)
+def _topk_kernel(C, n, k, cand, mode, t):  # pragma: no cover - compiled
+    """cand[i, :] = the k partners j != i with C[i, j] > 0 and the largest score (descending, ties by larger count,
+    then smaller j), -1 padded. Frequencies are the diagonal of C."""
+    vals = np.zeros(k, dtype=np.float64)
+    cnts = np.zeros(k, dtype=np.int64)
     for i in range(n):
         m = 0
+        fi = np.float64(C[i, i])
         for j in range(n):
             if j == i:
                 continue
-            s = np.int64(C[i, j])
-            if s <= 0:
+            c = np.int64(C[i, j])
+            if c <= 0:
                 continue
-            if m == k and s <= vals[k - 1]:
+            s = _score(mode, np.float64(c), fi, np.float64(C[j, j]), np.float64(t))
+            if m == k and (s < vals[k - 1] or (s == vals[k - 1] and c <= cnts[k - 1])):
                 continue
             p = m if m < k else k - 1
-            while p > 0 and vals[p - 1] < s:
+            while p > 0 and (vals[p - 1] < s or (vals[p - 1] == s and cnts[p - 1] < c)):
                 vals[p] = vals[p - 1]
+                cnts[p] = cnts[p - 1]
                 cand[i, p] = cand[i, p - 1]
                 p -= 1
             vals[p] = s
+            cnts[p] = c
             cand[i, p] = j
             if m < k:
                 m += 1
@@ -192,8 +217,17 @@ def _excluded_kernel(C, n, indptr, indices, out):  # pragma: no cover - compiled
             mark[indices[e]] = False
 
 
-def candidates(C: np.ndarray, n: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The candidate graph of one layer from its full count matrix ``C`` (first ``n`` rows/columns used).
+def candidates(C: np.ndarray, n: int, k: int, score: str = "count",
+               n_tokens: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The candidate graph of one layer from its full count matrix ``C`` (first ``n`` rows/columns used, diagonal
+    = frequencies).
+
+    ``score`` ranks each neuron's partners (:data:`SCORES`; ``n_tokens`` is only used by ``lift``): ``count`` the raw
+    co-activation count c_ij; ``jaccard`` c_ij / (f_i + f_j - c_ij); ``lift`` c_ij T / (f_i f_j); ``cosine``
+    c_ij / sqrt(f_i f_j); ``min`` c_ij / min(f_i, f_j). The normalised scores discount hot neurons, whose raw
+    counts are large with everyone (why: see ``coact.stats.DEFAULT_CANDIDATES``). Ties: larger count, then
+    smaller id. Whatever the score, the stored counts are exact and ``excluded_max`` is the largest *raw* count
+    of a pair that is not stored, which is all the bounds of ``solvers.bounds`` assume.
 
     Returns ``(indptr int64 [n+1], indices int32 [nnz], data C.dtype [nnz], excluded_max int64 [n])``: a symmetric
     CSR (sorted indices, no diagonal, only positive counts) of the pairs where one neuron is among the other's
@@ -202,9 +236,11 @@ def candidates(C: np.ndarray, n: int, k: int) -> tuple[np.ndarray, np.ndarray, n
     n, k = int(n), int(k)
     if k < 1:
         raise ValueError(f"top-k must be >= 1, got {k}")
+    if score not in SCORES:
+        raise ValueError(f"unknown candidate score {score!r}; choose from {', '.join(SCORES)}")
     cand = np.full((n, k), -1, dtype=np.int64)
     if n:
-        _topk_kernel(C, n, k, cand)
+        _topk_kernel(C, n, k, cand, SCORES[score], int(n_tokens))
     rows = np.repeat(np.arange(n, dtype=np.int64), k)
     cols = cand.ravel()
     ok = cols >= 0
