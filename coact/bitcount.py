@@ -217,6 +217,20 @@ def _excluded_kernel(C, n, indptr, indices, out):  # pragma: no cover - compiled
             mark[indices[e]] = False
 
 
+def top_partners(C: np.ndarray, n: int, k: int, score: str = "count", n_tokens: int = 0) -> np.ndarray:
+    """int64 [n, k]: row i = the (at most) k partners j != i with C[i, j] > 0 and the largest ``score``
+    (:func:`candidates`), best first, -1 padded."""
+    n, k = int(n), int(k)
+    if k < 1:
+        raise ValueError(f"top-k must be >= 1, got {k}")
+    if score not in SCORES:
+        raise ValueError(f"unknown candidate score {score!r}; choose from {', '.join(SCORES)}")
+    cand = np.full((n, k), -1, dtype=np.int64)
+    if n:
+        _topk_kernel(C, n, k, cand, SCORES[score], int(n_tokens))
+    return cand
+
+
 def candidates(C: np.ndarray, n: int, k: int, score: str = "count",
                n_tokens: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The candidate graph of one layer from its full count matrix ``C`` (first ``n`` rows/columns used, diagonal
@@ -234,13 +248,7 @@ def candidates(C: np.ndarray, n: int, k: int, score: str = "count",
     top-``k`` partners, their exact counts, and per neuron the largest count of a pair that is not stored.
     """
     n, k = int(n), int(k)
-    if k < 1:
-        raise ValueError(f"top-k must be >= 1, got {k}")
-    if score not in SCORES:
-        raise ValueError(f"unknown candidate score {score!r}; choose from {', '.join(SCORES)}")
-    cand = np.full((n, k), -1, dtype=np.int64)
-    if n:
-        _topk_kernel(C, n, k, cand, SCORES[score], int(n_tokens))
+    cand = top_partners(C, n, k, score, n_tokens)
     rows = np.repeat(np.arange(n, dtype=np.int64), k)
     cols = cand.ravel()
     ok = cols >= 0

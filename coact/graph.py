@@ -39,7 +39,8 @@ def layer_graph(stats: Any, layer: int, *, min_count: int = 1, block: int = 1024
     A larger ``min_count`` prunes rare pairs: they carry little signal (a pair seen once in 20k tokens is noise) and
     dominate the edge count, so pruning speeds every solver. Rows of a dense layer are sparsified in blocks of
     ``block`` so the temporary memory stays O(block x N) even for N = 16k. ``top_k`` turns a complete layer into its
-    candidate graph (:meth:`solvers.graph.CoactGraph.candidate_graph`), as ``coact stats`` stores by default.
+    raw-count candidate graph (:meth:`solvers.graph.CoactGraph.candidate_graph`; ``coact stats`` ranks partners by
+    :data:`coact.stats.DEFAULT_CANDIDATES` instead, see :func:`coact.bitcount.candidates`).
 
     Whenever pairs are missing (candidate statistics, ``min_count`` > 1, ``top_k``), the graph carries
     ``excluded_max[i]`` >= every dropped count of i, so the bounds of :mod:`solvers.bounds` stay proven.
@@ -89,6 +90,7 @@ def layer_graph(stats: Any, layer: int, *, min_count: int = 1, block: int = 1024
     meta.update(layer=int(layer), min_count=min_count)
     if getattr(stats, "top_k", None):
         meta["top_k"] = int(stats.top_k)
+        meta["candidates"] = str(getattr(stats, "candidate_score", None) or "count")
     g = CoactGraph(counts=counts, freq=np.array(freq, dtype=np.int64), n_tokens=n_tokens, meta=meta,
                    excluded_max=xm)
     return g.candidate_graph(int(top_k)) if top_k is not None else g

@@ -83,6 +83,19 @@ READ_VERSIONS = (1, 2, 3)
 #: everyone, so ``excluded_max`` is often close to a neuron's best kept count (median 3,758 vs 3,784 on the
 #: synthetic 7B trace): a larger k barely tightens the bound there. ``--top-k`` sets it.
 DEFAULT_TOP_K = 32
+#: How a neuron ranks its partners for the candidate graph (:func:`coact.bitcount.candidates`): ``count`` (raw
+#: co-activation count), ``jaccard`` c_ij / (f_i + f_j - c_ij), ``lift`` c_ij T / (f_i f_j), ``cosine``
+#: c_ij / sqrt(f_i f_j), ``min`` c_ij / min(f_i, f_j).
+CANDIDATE_SCORES = tuple(bitcount.SCORES)
+#: Default candidate score: ``jaccard``. Why not raw counts: hot neurons (firing on a large share of tokens)
+#: co-fire often with everyone, so every neuron's raw-count top-k is mostly the same few hot neurons: the graph is a
+#: star around them, and Ripple's greedy, which saturates the hot neurons after two links each, then finds no stored
+#: pair for most neurons and chains fragments blindly. Measured (bench/bench_candidates.py, docs/BENCHMARKS.md):
+#: Ripple's held-out mean run length on SmolLM2 CATS 90 % at k = 32 is 1.478 by raw count vs 1.789 by Jaccard and
+#: 1.799 on dense counts. The stored counts stay exact and ``excluded_max`` stays the largest *raw* count left out,
+#: so the proven bounds (:mod:`solvers.bounds`) hold for any score; they only get looser when a hot partner is left
+#: out (its large count becomes ``excluded_max``).
+DEFAULT_CANDIDATES = "jaccard"
 FREQ_FILE = "freq.safetensors"
 LAYERS_DIR = "layers"
 #: Dense statistics are refused above this share of the memory available (all layers are held by ``coact``).
@@ -218,6 +231,8 @@ class CoactStats:
         meta: the trace metadata (model_id, sparsifier, thresholds, corpus, ...) plus the token range counted.
         candidates: candidate only: L :class:`CandidateLayer` (a lazy sequence when loaded from a folder).
         top_k: candidate only: partners kept per neuron.
+        candidate_score: candidate only: how each neuron ranked its partners (:data:`CANDIDATE_SCORES`; the stored
+            counts are exact raw counts and ``excluded_max`` the largest raw count left out, whatever the score).
     """
 
     freq: np.ndarray
@@ -226,6 +241,7 @@ class CoactStats:
     meta: dict[str, Any] = field(default_factory=dict)
     candidates: Any = None
     top_k: int | None = None
+    candidate_score: str | None = None
 
     def __post_init__(self) -> None:
         self.freq = np.asarray(self.freq)
@@ -246,12 +262,17 @@ class CoactStats:
                 mats.append(c.astype(np.int64, copy=False))
             self.coact = mats
             self.top_k = None
+            self.candidate_score = None
         else:
             if len(self.candidates) != L:
                 raise StatsError(f"{len(self.candidates)} candidate graphs for {L} layers")
             if self.top_k is None or int(self.top_k) < 1:
                 raise StatsError(f"candidate statistics need top_k >= 1, got {self.top_k}")
             self.top_k = int(self.top_k)
+            self.candidate_score = self.candidate_score or "count"
+            if self.candidate_score not in CANDIDATE_SCORES:
+                raise StatsError(f"unknown candidate score {self.candidate_score!r}; choose from "
+                                 f"{', '.join(CANDIDATE_SCORES)}")
             if not isinstance(self.candidates, _ShardedLayers):
                 self.candidates = list(self.candidates)
                 for c in self.candidates:
@@ -308,7 +329,8 @@ class CoactStats:
         Why: layouts record the digest of the stats they were solved on (docs/DESIGN.md §3), and :meth:`load` detects
         corruption with it. It depends on the counts and on where they come from (:attr:`provenance`: model,
         sparsifier, thresholds, corpus, token range), not on the on-disk dtype or other metadata (creation time).
-        Dense: every count as little-endian int64 (the version-2 digest). Candidate: ``top_k``, freq and each
+        Dense: every count as little-endian int64 (the version-2 digest). Candidate: ``top_k``, the candidate
+        score (only when not ``count``, so folders written before scores existed keep their digest), freq and each
         layer's sha256 (:meth:`CandidateLayer.digest`), so it is checked without reading the layers.
         """
         if self.coact is None:
@@ -322,6 +344,8 @@ class CoactStats:
     def _candidate_digest(self, layer_digests: Sequence[str]) -> str:
         h = hashlib.sha256(f"{FORMAT_NAME}/{CANDIDATE_VERSION}/candidate".encode())
         h.update(np.array([self.n_layers, self.n_neurons, self.n_tokens, int(self.top_k or 0)], dtype="<i8").tobytes())
+        if self.candidate_score not in (None, "count"):
+            h.update(f"score={self.candidate_score}".encode())
         h.update(np.ascontiguousarray(self.freq, dtype="<i8"))
         for d in layer_digests:
             h.update(d.encode())
@@ -411,7 +435,7 @@ class CoactStats:
             save_file({"freq": np.ascontiguousarray(self.freq, dtype=store)}, str(tmp / FREQ_FILE),
                       metadata={"format": FORMAT_NAME, "digest": digest})
             header = {"format": FORMAT_NAME, "version": CANDIDATE_VERSION, "kind": "candidate",
-                      "top_k": self.top_k, "n_layers": self.n_layers, "n_neurons": self.n_neurons,
+                      "top_k": self.top_k, "candidates": self.candidate_score, "n_layers": self.n_layers, "n_neurons": self.n_neurons,
                       "n_tokens": self.n_tokens, "digest": digest, "dtype": np.dtype(store).name,
                       "layer_digests": digests, "meta": self.meta}
             with open(tmp / META_FILE, "w") as f:
@@ -494,9 +518,10 @@ class CoactStats:
     def _load_candidate(cls, root: Path, header: dict[str, Any], L: int, N: int, T: int, digest: str,
                         meta: dict[str, Any]) -> "CoactStats":
         digests, k = header.get("layer_digests"), header.get("top_k")
+        score = header.get("candidates", "count")  # absent: written before candidate scores existed
         if (not isinstance(digests, list) or len(digests) != L or not all(isinstance(d, str) for d in digests)
-                or not isinstance(k, int) or k < 1):
-            raise StatsError(f"{root / META_FILE}: malformed header (layer digests or top_k)")
+                or not isinstance(k, int) or k < 1 or score not in CANDIDATE_SCORES):
+            raise StatsError(f"{root / META_FILE}: malformed header (layer digests, top_k or candidates)")
         fpath = root / FREQ_FILE
         st_meta, infos = safetensors_header(fpath, lambda m: StatsError(f"{fpath}: {m}"))
         if set(infos) != {"freq"} or infos["freq"].shape != (L, N):
@@ -504,7 +529,8 @@ class CoactStats:
         if st_meta.get("digest") != digest:
             raise StatsError(f"{root}: the digests of {META_FILE} and {FREQ_FILE} differ (file corrupt or modified)")
         freq = _load_tensors(fpath)["freq"]
-        stats = cls(freq=freq, n_tokens=T, meta=meta, candidates=_ShardedLayers(root, N, digests), top_k=k)
+        stats = cls(freq=freq, n_tokens=T, meta=meta, candidates=_ShardedLayers(root, N, digests), top_k=k,
+                    candidate_score=score)
         if stats.digest != digest:
             raise StatsError(f"{root}: content digest mismatch (file corrupt or modified)")
         return stats
@@ -799,6 +825,7 @@ class LayerJob:
     stop: int
     n_neurons: int
     top_k: int | None  # None: dense counts
+    score: str = "count"  # candidate score (CANDIDATE_SCORES)
 
 
 def count_layer(job: LayerJob) -> dict[str, Any]:
@@ -824,8 +851,17 @@ def count_layer(job: LayerJob) -> dict[str, Any]:
     freq = np.diagonal(C)[:N].astype(np.int64)
     if job.top_k is None:
         return {"freq": freq, "coact": np.ascontiguousarray(C[:N, :N])}
-    indptr, indices, counts, excl = bitcount.candidates(C, N, int(job.top_k))
+    indptr, indices, counts, excl = bitcount.candidates(C, N, int(job.top_k), job.score, T)
     return {"freq": freq, "indptr": indptr, "indices": indices, "counts": counts, "excluded_max": excl}
+
+
+def resolve_candidates(candidates: str | None) -> str:
+    """The candidate score a user asked for (``None`` / ``"default"`` = :data:`DEFAULT_CANDIDATES`); raises
+    :class:`StatsError` for an unknown one."""
+    score = DEFAULT_CANDIDATES if candidates in (None, "default") else str(candidates)
+    if score not in CANDIDATE_SCORES:
+        raise StatsError(f"unknown candidate score {candidates!r}; choose from {', '.join(CANDIDATE_SCORES)}")
+    return score
 
 
 def dense_bytes(n_layers: int, n_neurons: int) -> int:
@@ -861,6 +897,7 @@ def count_stats(
     start: int = 0,
     stop: int | None = None,
     top_k: int | None = DEFAULT_TOP_K,
+    candidates: str = "default",
     dense: bool = False,
     executor: Any = None,
     progress: bool = True,
@@ -872,6 +909,8 @@ def count_stats(
         n_neurons: N for a raw array (default 8 * nb).
         start, stop: token range (relative to the trace), default all tokens.
         top_k: partners kept per neuron in the candidate graph (ignored with ``dense``).
+        candidates: how each neuron ranks its partners (:data:`CANDIDATE_SCORES`; ``"default"`` =
+            :data:`DEFAULT_CANDIDATES`); counts stay exact and ``excluded_max`` stays the largest raw count left out.
         dense: keep every pair (dense int64 :class:`CoactStats`, equal to :func:`compute_stats`); refused when
             all layers would not fit in memory (:func:`check_dense_fits`).
         executor: where layer jobs run (:func:`common.executors.get_executor` spec or object; None = ``serial``
@@ -911,6 +950,7 @@ def count_stats(
     k = None if dense else int(top_k if top_k is not None else DEFAULT_TOP_K)
     if k is not None and k < 1:
         raise StatsError(f"--top-k must be >= 1, got {top_k}")
+    score = resolve_candidates(candidates)
     if dense:
         check_dense_fits(L, N)
     meta = dict(base_meta)
@@ -920,7 +960,7 @@ def count_stats(
         for l in range(L):
             src = source if isinstance(source, str) else np.ascontiguousarray(source[start:stop, l, :])
             s0, s1 = (start, stop) if isinstance(source, str) else (0, stop - start)
-            yield LayerJob(src, l, s0, s1, N, k)
+            yield LayerJob(src, l, s0, s1, N, k, score)
 
     ex = get_executor(executor if executor is not None else default_ex)
     try:
@@ -932,4 +972,5 @@ def count_stats(
     if dense:
         return CoactStats(freq=freq, coact=[r["coact"] for r in results], n_tokens=stop - start, meta=meta)
     cands = [CandidateLayer(r["indptr"], r["indices"], r["counts"], r["excluded_max"]) for r in results]
-    return CoactStats(freq=freq, n_tokens=stop - start, meta=meta, candidates=cands, top_k=k)
+    return CoactStats(freq=freq, n_tokens=stop - start, meta=meta, candidates=cands, top_k=k,
+                      candidate_score=score)

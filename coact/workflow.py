@@ -163,12 +163,13 @@ def accuracy_line(meta: dict[str, Any]) -> str:
 # ----------------------------------------------------------------------------------------------------------- stats
 def count(trace: str | Path | Trace, out: str | Path | None = None, *, start: int = 0, stop: int | None = None,
           top_k: int | None = None, dense: bool = False, executor: Any = None,
-          progress: bool = True) -> CoactStats:
+          progress: bool = True, candidates: str | None = None) -> CoactStats:
     """Co-activation statistics of tokens [start, stop) of a trace, saved to ``out`` when given.
 
     ``top_k`` (or ``dense``) selects the per-layer scalable path (:func:`coact.stats.count_stats`: candidate graph
     of the top-k partners per neuron, or dense counts, one executor job per layer); neither: dense in-process
-    counting (:func:`coact.stats.compute_stats`, small models)."""
+    counting (:func:`coact.stats.compute_stats`, small models). ``candidates``: how partners are ranked
+    (:data:`coact.stats.CANDIDATE_SCORES`, default :data:`coact.stats.DEFAULT_CANDIDATES`)."""
     if out is not None:  # before counting: never replace an unrelated folder or the trace itself
         check_stats_output(out, inputs=() if isinstance(trace, Trace) else (trace,))
     tr = trace if isinstance(trace, Trace) else Trace.load(require(trace, "trace"))
@@ -178,8 +179,9 @@ def count(trace: str | Path | Trace, out: str | Path | None = None, *, start: in
     if n < 1:
         raise StatsError(f"token range [{start}, {stop if stop is not None else tr.n_tokens}) holds no tokens; "
                          "statistics over zero tokens carry no information")
-    if top_k is not None or dense:
-        st = count_stats(tr, start=start, stop=stop, top_k=top_k, dense=dense, executor=executor, progress=progress)
+    if top_k is not None or dense or candidates is not None:
+        st = count_stats(tr, start=start, stop=stop, top_k=top_k, dense=dense, executor=executor, progress=progress,
+                         candidates=candidates or "default")
     else:
         st = compute_stats(tr, start=start, stop=stop, progress=progress)
     if out is not None:

@@ -40,8 +40,8 @@ def excluded_max_bruteforce(dense: np.ndarray, graph) -> np.ndarray:
 def test_candidate_counts_equal_dense_on_their_edges(T: int, L: int, N: int, k: int, seed: int) -> None:
     packed = random_packed(np.random.default_rng(seed), T, L, N)
     dense = compute_stats(packed, n_neurons=N, progress=False)
-    cand = count_stats(packed, n_neurons=N, top_k=k, progress=False)
-    assert cand.kind == "candidate" and cand.top_k == k
+    cand = count_stats(packed, n_neurons=N, top_k=k, candidates="count", progress=False)
+    assert cand.kind == "candidate" and cand.top_k == k and cand.candidate_score == "count"
     np.testing.assert_array_equal(cand.freq, dense.freq)
     for l in range(L):
         g = layer_graph(cand, l)

@@ -20,7 +20,7 @@ from coact.demo import DemoConfig, run_demo
 from coact.errors import CoactError
 from coact.export_model import MODEL_FORMATS
 from coact.sparsify import SPARSIFIERS
-from coact.stats import DEFAULT_TOP_K, CoactStats
+from coact.stats import CANDIDATE_SCORES, DEFAULT_CANDIDATES, DEFAULT_TOP_K, CoactStats
 from coact.synth_weights import pack_synthetic
 from coact.workflow import accuracy_line, capture, count, evaluate_layouts, export as export_layout_file, \
     layout_objective, capture_at_budget, measure_perplexity, pack, replay_pack, require, solve_layouts
@@ -153,6 +153,9 @@ def stats(
     start: int = typer.Option(0, help="First token of the trace to count."),
     stop: Optional[int] = typer.Option(None, help="Token after the last one to count (default: all)."),
     top_k: int = typer.Option(DEFAULT_TOP_K, "--top-k", help="Partners kept per neuron (candidate graph)."),
+    candidates: str = typer.Option(DEFAULT_CANDIDATES, "--candidates",
+                                   help=f"How each neuron ranks its partners: {', '.join(CANDIDATE_SCORES)} "
+                                        "(counts stay exact; see coact/stats.py DEFAULT_CANDIDATES)."),
     dense: bool = typer.Option(False, "--dense", help="Keep every pair (dense counts; only if they fit in memory)."),
     executor: Optional[str] = typer.Option(None, help="Where layer jobs run: local, local:N, ray, ray:ADDRESS."),
     json_out: bool = typer.Option(False, "--json"),
@@ -163,9 +166,9 @@ def stats(
     Example: coact stats traces/pydoc-profile --out stats/pydoc
     """
     st = count(trace_dir, out, start=start, stop=stop, top_k=top_k, dense=dense, executor=executor,
-               progress=not json_out)
+               progress=not json_out, candidates=candidates)
     info = {"out": str(out), "n_tokens": st.n_tokens, "n_layers": st.n_layers, "n_neurons": st.n_neurons,
-            "kind": st.kind, "top_k": st.top_k, "digest": st.digest}
+            "kind": st.kind, "top_k": st.top_k, "candidates": st.candidate_score, "digest": st.digest}
     if json_out:
         emit_json(info)
     else:
