@@ -880,6 +880,24 @@ def _available_memory() -> int:
     return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
 
 
+#: ``coact stats`` without ``--top-k``/``--dense`` keeps dense exact counts up to this many neurons per layer (if
+#: they also fit in memory, :func:`auto_dense`). Why: no candidate score keeps Ripple within 1 % of dense counts on
+#: both SmolLM2 operating points at k = 32 (docs/BENCHMARKS.md, bench/bench_candidates.py), and up to 4,096
+#: neurons dense counts are cheap: 128 MiB per layer as int64, 0.6 GB for SmolLM2 (30 x 1,536) and Gemma 3 270M
+#: (18 x 2,048); every solver still runs on them. Above it (Llama-2-7B: 32 x 11,008 = 31 GB) only the candidate
+#: graph fits.
+AUTO_DENSE_MAX_NEURONS = 4096
+
+
+def auto_dense(n_layers: int, n_neurons: int, available: int | None = None) -> bool:
+    """True when ``coact stats`` keeps dense counts by default: at most :data:`AUTO_DENSE_MAX_NEURONS` neurons per
+    layer and all layers within :data:`DENSE_MEMORY_SHARE` of the available memory (:func:`check_dense_fits`)."""
+    if int(n_neurons) > AUTO_DENSE_MAX_NEURONS:
+        return False
+    avail = _available_memory() if available is None else int(available)
+    return dense_bytes(n_layers, n_neurons) <= DENSE_MEMORY_SHARE * avail
+
+
 def check_dense_fits(n_layers: int, n_neurons: int, available: int | None = None) -> None:
     """Refuse dense statistics that would not fit in memory (:data:`DENSE_MEMORY_SHARE` of what is available)."""
     need = dense_bytes(n_layers, n_neurons)

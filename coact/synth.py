@@ -47,12 +47,10 @@ from datasets.features.features import Array2DExtensionType
 from numba import njit, prange
 from scipy.special import ndtr, ndtri
 
-from common.atomic import fsync_path
 from common.bits import n_packed_bytes, unpack_bits
 from coact.errors import CoactError
 from coact.progress import make_progress
-from coact.trace import (FORMAT, META_FILE, Trace, _features, check_trace_output, content_digest, file_digests,
-                         meta_digest)
+from coact.trace import FORMAT, Trace, _features, check_trace_output, content_digest, publish_trace
 
 FIT_FORMAT = "coact-synth-fit"
 FIT_VERSION = 1
@@ -325,17 +323,7 @@ def write_synthetic_trace(
         "content_digest": content_digest(staged),
     }
     del staged
-    meta["files"] = file_digests(final)
-    meta["meta_digest"] = meta_digest(meta)
-    (final / META_FILE).write_text(json.dumps(meta, indent=1))
-    for f in final.iterdir():
-        fsync_path(f)
-    fsync_path(final)
-    check_trace_output(out)
-    os.rename(final, out)
-    fsync_path(out.parent)
-    shutil.rmtree(partial)
-    return Trace.load(out)
+    return publish_trace(final, meta, out, partial)
 
 
 def _arrow_block(blk: np.ndarray, t0: int) -> Any:

@@ -321,6 +321,13 @@ def _capture_locked(handle: Any, stream: np.ndarray, config: CaptureConfig, out:
     if final.exists():
         shutil.rmtree(final)
     full.save_to_disk(str(final))
+    return publish_trace(final, meta, out, partial)
+
+
+def publish_trace(final: Path, meta: dict[str, Any], out: Path, partial: Path) -> "Trace":
+    """Seal a complete trace folder ``final`` (inside ``partial``): file and metadata digests, the metadata file,
+    fsync, then one rename to ``out`` and the partial folder removed. Every writer of traces (capture, synth) ends
+    here, so a trace appears complete and sealed or not at all."""
     meta["files"] = file_digests(final)
     meta["meta_digest"] = meta_digest(meta)
     (final / META_FILE).write_text(json.dumps(meta, indent=1))

@@ -6,7 +6,6 @@ typer. (The *named pipelines* compared on real I/O are a different thing: :mod:`
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -20,7 +19,8 @@ from coact.models import ModelHandle, load_model
 from coact.placement import layout_objective, solve_model
 from coact.progress import bars
 from coact.sparsify import get_sparsifier
-from coact.stats import CoactStats, StatsError, check_stats_output, compute_stats, count_stats
+from coact.stats import (DEFAULT_TOP_K, CoactStats, StatsError, auto_dense, check_stats_output, compute_stats,
+                         count_stats)
 from coact.trace import CaptureConfig, Trace, capture_trace, check_trace_output, forward_activations
 from common.atomic import check_output
 from runtime.caches import CACHES, get_cache
@@ -110,12 +110,13 @@ def capture(
         shard_tokens=int(shard_tokens),
         forward=forward,
     )
-    accuracy = None
-    if int(ppl_tokens) > 0:
-        def accuracy(sp: Any) -> dict[str, Any]:
-            return held_out_accuracy(handle, stream, sp, start=int(start), tokens=int(tokens),
-                                     ppl_tokens=int(ppl_tokens), ctx=int(ctx), progress=progress)
-    return capture_trace(handle, stream, cfg, out, thresholds=thresholds, accuracy=accuracy, progress=progress)
+
+    def accuracy(sp: Any) -> dict[str, Any]:
+        return held_out_accuracy(handle, stream, sp, start=int(start), tokens=int(tokens),
+                                 ppl_tokens=int(ppl_tokens), ctx=int(ctx), progress=progress)
+
+    return capture_trace(handle, stream, cfg, out, thresholds=thresholds,
+                         accuracy=accuracy if int(ppl_tokens) > 0 else None, progress=progress)
 
 
 def held_out_range(n_stream: int, start: int, tokens: int, ppl_tokens: int) -> tuple[int, int] | None:
@@ -166,10 +167,11 @@ def count(trace: str | Path | Trace, out: str | Path | None = None, *, start: in
           progress: bool = True, candidates: str | None = None) -> CoactStats:
     """Co-activation statistics of tokens [start, stop) of a trace, saved to ``out`` when given.
 
-    ``top_k`` (or ``dense``) selects the per-layer scalable path (:func:`coact.stats.count_stats`: candidate graph
-    of the top-k partners per neuron, or dense counts, one executor job per layer); neither: dense in-process
-    counting (:func:`coact.stats.compute_stats`, small models). ``candidates``: how partners are ranked
-    (:data:`coact.stats.CANDIDATE_SCORES`, default :data:`coact.stats.DEFAULT_CANDIDATES`)."""
+    ``top_k``, ``candidates`` or ``dense`` select the per-layer scalable path (:func:`coact.stats.count_stats`:
+    candidate graph of the top-k partners per neuron ranked by ``candidates`` (:data:`coact.stats.CANDIDATE_SCORES`,
+    default :data:`coact.stats.DEFAULT_CANDIDATES`), or dense counts, one executor job per layer). None of them:
+    *auto* — dense in-process counting (:func:`coact.stats.compute_stats`) when the dense counts fit comfortably
+    (:func:`coact.stats.auto_dense`), else the candidate graph with the defaults (docs/DESIGN.md §8)."""
     if out is not None:  # before counting: never replace an unrelated folder or the trace itself
         check_stats_output(out, inputs=() if isinstance(trace, Trace) else (trace,))
     tr = trace if isinstance(trace, Trace) else Trace.load(require(trace, "trace"))
@@ -179,6 +181,8 @@ def count(trace: str | Path | Trace, out: str | Path | None = None, *, start: in
     if n < 1:
         raise StatsError(f"token range [{start}, {stop if stop is not None else tr.n_tokens}) holds no tokens; "
                          "statistics over zero tokens carry no information")
+    if top_k is None and not dense and candidates is None and not auto_dense(tr.n_layers, tr.n_neurons):
+        top_k = DEFAULT_TOP_K
     if top_k is not None or dense or candidates is not None:
         st = count_stats(tr, start=start, stop=stop, top_k=top_k, dense=dense, executor=executor, progress=progress,
                          candidates=candidates or "default")

@@ -254,6 +254,13 @@ def _highs_core() -> Any:
     return core
 
 
+
+def _packed_index(lists: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """HiGHS's packed sparse format of index lists: (int32 start of each list, int32 concatenated indices)."""
+    lens = np.array([x.size for x in lists], dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int32)
+    return starts, np.concatenate(lists).astype(np.int32)
+
 class _HighsLP:
     """The LP kept alive in HiGHS between rounds: columns and cut rows are *added*, and each re-solve starts from
     the previous basis (dual simplex warm start), which is what makes the LP usable at N = 11k (a cold ``linprog``
@@ -276,9 +283,7 @@ class _HighsLP:
         m = len(col_rows)
         if m == 0:
             return
-        lens = np.array([r.size for r in col_rows], dtype=np.int64)
-        starts = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int32)
-        idx = np.concatenate(col_rows).astype(np.int32)
+        starts, idx = _packed_index(col_rows)
         val = np.ones(idx.size) if values is None else np.concatenate(values).astype(np.float64)
         self.h.addCols(m, np.asarray(cost, dtype=np.float64), np.zeros(m), np.ones(m) if upper is None else upper,
                        int(idx.size), starts, idx, val)
@@ -287,9 +292,7 @@ class _HighsLP:
         r = len(row_cols)
         if r == 0:
             return
-        lens = np.array([c.size for c in row_cols], dtype=np.int64)
-        starts = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int32)
-        idx = np.concatenate(row_cols).astype(np.int32)
+        starts, idx = _packed_index(row_cols)
         self.h.addRows(r, np.full(r, -self.hp.kHighsInf), np.asarray(upper, dtype=np.float64), int(idx.size), starts,
                        idx, np.ones(idx.size))
         self.n_rows += r

@@ -16,7 +16,8 @@ from coact import bitcount
 from coact.cli import app
 from coact.graph import layer_graph
 from coact.sample import sample_dir
-from coact.stats import CANDIDATE_SCORES, DEFAULT_CANDIDATES, CoactStats, compute_stats, count_stats
+from coact.stats import (CANDIDATE_SCORES, DEFAULT_CANDIDATES, CoactStats, auto_dense, compute_stats,
+                         count_stats)
 from common.bits import pack_bits
 from solvers.base import objective
 from solvers.bounds import degree_bound
@@ -115,6 +116,10 @@ def test_cli_candidates_option(tmp_path: Path) -> None:
     res = run(app, ["stats", str(prof), "--out", str(tmp_path / "b"), "--stop", "128", "--top-k", "4", "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["candidates"] == DEFAULT_CANDIDATES
+    # neither --top-k nor --candidates nor --dense: auto, dense for SmolLM2's 30 x 1,536 (docs/DESIGN.md §8)
+    res = run(app, ["stats", str(prof), "--out", str(tmp_path / "d"), "--stop", "128", "--json"])
+    assert res.exit_code == 0, res.output
+    assert (json.loads(res.stdout)["kind"], json.loads(res.stdout)["candidates"]) == ("dense", None)
     a, b = CoactStats.load(tmp_path / "a"), CoactStats.load(tmp_path / "b")  # the score survives a round trip
     assert (a.candidate_score, b.candidate_score) == ("count", DEFAULT_CANDIDATES)
     assert a.digest != b.digest
@@ -122,3 +127,10 @@ def test_cli_candidates_option(tmp_path: Path) -> None:
     res = run(app, ["stats", str(prof), "--out", str(tmp_path / "c"), "--stop", "128", "--candidates", "bogus"])
     lines = [line for line in res.output.splitlines() if line.strip()]
     assert res.exit_code == 2 and len(lines) == 1 and "bogus" in lines[0], res.output
+
+
+def test_auto_keeps_dense_counts_only_when_they_fit_comfortably() -> None:
+    assert auto_dense(30, 1536, available=16 << 30)  # SmolLM2: 0.57 GB of int64 counts
+    assert auto_dense(18, 2048, available=16 << 30)  # Gemma 3 270M
+    assert not auto_dense(32, 11008, available=1 << 40)  # Llama-2-7B: above the neuron cap whatever the memory
+    assert not auto_dense(30, 1536, available=1 << 30)  # too little memory
