@@ -150,7 +150,7 @@ def pair_counts(bits: np.ndarray, dtype: np.dtype) -> np.ndarray:
 
 
 #: Candidate scores (how each neuron ranks its partners; see :func:`candidates`). Codes of :func:`_topk_kernel`.
-SCORES = {"count": 0, "jaccard": 1, "lift": 2, "cosine": 3, "min": 4}
+SCORES = {"count": 0, "jaccard": 1, "lift": 2, "cosine": 3, "min": 4, "hot": 5}
 
 
 @njit(cache=True, boundscheck=False, inline="always")
@@ -165,25 +165,27 @@ def _score(mode, c, fi, fj, t):  # pragma: no cover - compiled
         return c * t / (fi * fj)
     if mode == 3:
         return c / np.sqrt(fi * fj)
-    return c / min(fi, fj)
+    if mode == 4:
+        return c / min(fi, fj)
+    return fj
 
 
 @njit(cache=True, boundscheck=False)
-def _topk_kernel(C, n, k, cand, mode, t):  # pragma: no cover - compiled
+def _topk_kernel(C, f, n, k, cand, mode, t):  # pragma: no cover - compiled
     """cand[i, :] = the k partners j != i with C[i, j] > 0 and the largest score (descending, ties by larger count,
-    then smaller j), -1 padded. Frequencies are the diagonal of C."""
+    then smaller j), -1 padded. ``f``: float64 frequencies (the diagonal of C, contiguous: no strided reads)."""
     vals = np.zeros(k, dtype=np.float64)
     cnts = np.zeros(k, dtype=np.int64)
     for i in range(n):
         m = 0
-        fi = np.float64(C[i, i])
+        fi = f[i]
         for j in range(n):
             if j == i:
                 continue
             c = np.int64(C[i, j])
             if c <= 0:
                 continue
-            s = _score(mode, np.float64(c), fi, np.float64(C[j, j]), np.float64(t))
+            s = _score(mode, np.float64(c), fi, f[j], np.float64(t))
             if m == k and (s < vals[k - 1] or (s == vals[k - 1] and c <= cnts[k - 1])):
                 continue
             p = m if m < k else k - 1
@@ -227,8 +229,20 @@ def top_partners(C: np.ndarray, n: int, k: int, score: str = "count", n_tokens: 
         raise ValueError(f"unknown candidate score {score!r}; choose from {', '.join(SCORES)}")
     cand = np.full((n, k), -1, dtype=np.int64)
     if n:
-        _topk_kernel(C, n, k, cand, SCORES[score], int(n_tokens))
+        f = np.ascontiguousarray(np.diagonal(C)[:n], dtype=np.float64)
+        _topk_kernel(C, f, n, k, cand, SCORES[score], int(n_tokens))
     return cand
+
+
+def score_parts(spec: str) -> tuple[str, ...]:
+    """The scores of a candidate spec: one of :data:`SCORES`, or several joined by ``+`` (e.g. ``jaccard+lift``:
+    the union of each score's top-k). Raises ValueError for an unknown or repeated score."""
+    parts = tuple(str(spec).split("+"))
+    bad = [p for p in parts if p not in SCORES]
+    if bad or len(set(parts)) != len(parts):
+        raise ValueError(f"unknown candidate score {spec!r}; choose from {', '.join(SCORES)} or several joined "
+                         f"by '+' (e.g. jaccard+lift)")
+    return parts
 
 
 def candidates(C: np.ndarray, n: int, k: int, score: str = "count",
@@ -238,17 +252,20 @@ def candidates(C: np.ndarray, n: int, k: int, score: str = "count",
 
     ``score`` ranks each neuron's partners (:data:`SCORES`; ``n_tokens`` is only used by ``lift``): ``count`` the raw
     co-activation count c_ij; ``jaccard`` c_ij / (f_i + f_j - c_ij); ``lift`` c_ij T / (f_i f_j); ``cosine``
-    c_ij / sqrt(f_i f_j); ``min`` c_ij / min(f_i, f_j). The normalised scores discount hot neurons, whose raw
-    counts are large with everyone (why: see ``coact.stats.DEFAULT_CANDIDATES``). Ties: larger count, then
-    smaller id. Whatever the score, the stored counts are exact and ``excluded_max`` is the largest *raw* count
-    of a pair that is not stored, which is all the bounds of ``solvers.bounds`` assume.
+    c_ij / sqrt(f_i f_j); ``min`` c_ij / min(f_i, f_j); ``hot`` f_j (the most frequent co-firing partners). The
+    normalised scores discount hot neurons, whose raw counts are large with everyone (why: see
+    ``coact.stats.DEFAULT_CANDIDATES``). Ties: larger count, then smaller id. ``a+b``: each neuron keeps its
+    top-``k`` partners by ``a`` and its top-``k`` by ``b`` (a union of up to 2k). Whatever the score, the stored
+    counts are exact and ``excluded_max`` is the largest *raw* count of a pair that is not stored, which is all the
+    bounds of ``solvers.bounds`` assume.
 
     Returns ``(indptr int64 [n+1], indices int32 [nnz], data C.dtype [nnz], excluded_max int64 [n])``: a symmetric
     CSR (sorted indices, no diagonal, only positive counts) of the pairs where one neuron is among the other's
     top-``k`` partners, their exact counts, and per neuron the largest count of a pair that is not stored.
     """
     n, k = int(n), int(k)
-    cand = top_partners(C, n, k, score, n_tokens)
+    cand = np.concatenate([top_partners(C, n, k, p, n_tokens) for p in score_parts(score)], axis=1)
+    k = cand.shape[1]
     rows = np.repeat(np.arange(n, dtype=np.int64), k)
     cols = cand.ravel()
     ok = cols >= 0

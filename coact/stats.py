@@ -34,18 +34,20 @@ Scale (docs/ARCHITECTURE.md, issue 12): a dense N x N matrix per layer is 283 MB
 :mod:`common.executors`: a process pool by default, Ray for a cluster), each job streams its layer out of the trace
 (:meth:`coact.trace.Trace.layer_packed`), counts exactly with the AND + popcount kernel of :mod:`coact.bitcount`
 in the narrowest safe unsigned type (uint16 below 65,536 tokens, uint32 below 2^32), and keeps only the
-*candidate graph*: each neuron's top-k partners (k = ``top_k``, default :data:`DEFAULT_TOP_K`), exact counts on
+*candidate graph*: each neuron's top-k partners (k = ``top_k``, default :data:`DEFAULT_TOP_K`, ranked by a
+score that discounts hot neurons, :data:`DEFAULT_CANDIDATES`), exact counts on
 the union of those pairs (a symmetric CSR), and ``excluded_max[i]`` = the largest count of a pair of i that is not
 stored, which keeps upper bounds proven (:mod:`solvers.bounds`). Only one layer's dense matrix exists at a time
 per worker (485 MB as uint32 for N = 11,008). Dense exact counts stay available (``dense=True``) when all layers
 fit in memory.
 
-Files, version 3 (candidate graphs): a folder with ``meta.json`` (as above plus ``kind``, ``top_k`` and one
-sha256 per layer), ``freq.safetensors`` and ``layers/NNNNN.safetensors`` (``indptr`` int64, ``indices`` int32,
-``counts`` and ``excluded_max`` in the narrow count type), so one layer loads (and is verified) alone
+Files, version 3 (candidate graphs): a folder with ``meta.json`` (as above plus ``kind``, ``top_k``,
+``candidates`` (the score; absent = ``count``, as written before scores existed) and one sha256 per layer),
+``freq.safetensors`` and ``layers/NNNNN.safetensors`` (``indptr`` int64, ``indices`` int32, ``counts`` and
+``excluded_max`` in the narrow count type), so one layer loads (and is verified) alone
 (:meth:`CoactStats.load_layer`); :meth:`CoactStats.load` reads the layers lazily. Its digest covers the shape,
-n_tokens, k, freq, every layer's sha256 and the provenance. Dense statistics keep the version-2 single file (and
-its digest, so the digests recorded for the committed sample stay valid).
+n_tokens, k, the score (unless ``count``), freq, every layer's sha256 and the provenance. Dense statistics keep
+the version-2 single file (and its digest, so the digests recorded for the committed sample stay valid).
 """
 from __future__ import annotations
 
@@ -76,26 +78,32 @@ FORMAT_VERSION = 2
 #: Sharded candidate-graph statistics (see the module docstring).
 CANDIDATE_VERSION = 3
 READ_VERSIONS = (1, 2, 3)
-#: Default partners kept per neuron. 32: local search tries moves towards 10 partners per neuron by default
-#: (solvers/candidates.py), Ripple only needs the heaviest pairs, SmolLM2's closest-friend curves (data/synth/) still
-#: fall at k = 32, and the union of both directions stays ~32 pairs per neuron: 178 MB for 32 x 11,008 layers
-#: instead of 15.5 GB dense (uint32). Caveat: counts to hot neurons (firing on >= half the tokens) are large for
-#: everyone, so ``excluded_max`` is often close to a neuron's best kept count (median 3,758 vs 3,784 on the
-#: synthetic 7B trace): a larger k barely tightens the bound there. ``--top-k`` sets it.
-DEFAULT_TOP_K = 32
+#: Default partners kept per neuron and candidate score (:data:`DEFAULT_CANDIDATES` has two scores, so each neuron
+#: keeps up to 2 k partners; with the other direction's picks the CSR holds ~107-156 entries per neuron on the
+#: SmolLM2 samples). 48: the smallest k measured (16/24/32/48/64, bench/bench_candidates.py) at which Ripple on the
+#: candidate graph stays within 1 % of Ripple on dense counts (held-out mean run length) at both SmolLM2 operating
+#: points (-0.16 % at CATS 90 %, -0.54 % at +20 % perplexity; k = 32: -0.53 % / -1.10 %). Memory at 7B shape
+#: (32 x 11,008, uint32 counts + int32 ids): ~160 entries x 8 B x 352k neurons = 0.45 GB on disk, instead of 15.5 GB
+#: dense. Caveat: counts to hot neurons are large for everyone, so when a hot partner is left out ``excluded_max``
+#: is close to a neuron's best kept count and the proven bound is looser than on dense counts. ``--top-k`` sets it.
+DEFAULT_TOP_K = 48
 #: How a neuron ranks its partners for the candidate graph (:func:`coact.bitcount.candidates`): ``count`` (raw
 #: co-activation count), ``jaccard`` c_ij / (f_i + f_j - c_ij), ``lift`` c_ij T / (f_i f_j), ``cosine``
-#: c_ij / sqrt(f_i f_j), ``min`` c_ij / min(f_i, f_j).
+#: c_ij / sqrt(f_i f_j), ``min`` c_ij / min(f_i, f_j), ``hot`` f_j (the k most frequent co-firing partners: adding
+#: it, e.g. ``jaccard+lift+hot``, keeps the pairs to hot neurons, whose large counts otherwise set ``excluded_max``,
+#: and tightens the proven bound at ~1.7x the memory); ``a+b`` keeps the union of both top-k lists.
 CANDIDATE_SCORES = tuple(bitcount.SCORES)
-#: Default candidate score: ``jaccard``. Why not raw counts: hot neurons (firing on a large share of tokens)
-#: co-fire often with everyone, so every neuron's raw-count top-k is mostly the same few hot neurons: the graph is a
-#: star around them, and Ripple's greedy, which saturates the hot neurons after two links each, then finds no stored
-#: pair for most neurons and chains fragments blindly. Measured (bench/bench_candidates.py, docs/BENCHMARKS.md):
-#: Ripple's held-out mean run length on SmolLM2 CATS 90 % at k = 32 is 1.478 by raw count vs 1.789 by Jaccard and
-#: 1.799 on dense counts. The stored counts stay exact and ``excluded_max`` stays the largest *raw* count left out,
-#: so the proven bounds (:mod:`solvers.bounds`) hold for any score; they only get looser when a hot partner is left
-#: out (its large count becomes ``excluded_max``).
-DEFAULT_CANDIDATES = "jaccard"
+#: Default candidate score: ``jaccard+lift`` (each neuron's top-k by Jaccard and its top-k by lift).
+#: Why not raw counts: hot neurons (firing on a large share of tokens) co-fire often with everyone, so every
+#: neuron's raw-count top-k is mostly the same few hot neurons: the graph is a star around them, and Ripple's
+#: greedy, which saturates each hot neuron after two links, then finds no stored pair for most neurons and chains
+#: fragments blindly. Why two scores: Jaccard is best when few neurons are hot (CATS 90 %: Ripple's held-out mean
+#: run length at k = 32 is 1.789 vs 1.478 by raw count, 1.309 by lift, dense 1.799) and lift when most are
+#: (+20 % perplexity, 57 % mean activity: 2.797 by lift vs 2.575 by Jaccard, 2.589 by raw count, dense 2.868);
+#: the union is within 1 % of dense on both (bench/results/candidates.md, bench/bench_candidates.py). The stored
+#: counts stay exact and ``excluded_max`` stays the largest *raw* count left out, so the proven bounds
+#: (:mod:`solvers.bounds`) hold for any score.
+DEFAULT_CANDIDATES = "jaccard+lift"
 FREQ_FILE = "freq.safetensors"
 LAYERS_DIR = "layers"
 #: Dense statistics are refused above this share of the memory available (all layers are held by ``coact``).
@@ -269,10 +277,7 @@ class CoactStats:
             if self.top_k is None or int(self.top_k) < 1:
                 raise StatsError(f"candidate statistics need top_k >= 1, got {self.top_k}")
             self.top_k = int(self.top_k)
-            self.candidate_score = self.candidate_score or "count"
-            if self.candidate_score not in CANDIDATE_SCORES:
-                raise StatsError(f"unknown candidate score {self.candidate_score!r}; choose from "
-                                 f"{', '.join(CANDIDATE_SCORES)}")
+            self.candidate_score = resolve_candidates(self.candidate_score or "count")
             if not isinstance(self.candidates, _ShardedLayers):
                 self.candidates = list(self.candidates)
                 for c in self.candidates:
@@ -435,7 +440,8 @@ class CoactStats:
             save_file({"freq": np.ascontiguousarray(self.freq, dtype=store)}, str(tmp / FREQ_FILE),
                       metadata={"format": FORMAT_NAME, "digest": digest})
             header = {"format": FORMAT_NAME, "version": CANDIDATE_VERSION, "kind": "candidate",
-                      "top_k": self.top_k, "candidates": self.candidate_score, "n_layers": self.n_layers, "n_neurons": self.n_neurons,
+                      "top_k": self.top_k, "candidates": self.candidate_score,
+                      "n_layers": self.n_layers, "n_neurons": self.n_neurons,
                       "n_tokens": self.n_tokens, "digest": digest, "dtype": np.dtype(store).name,
                       "layer_digests": digests, "meta": self.meta}
             with open(tmp / META_FILE, "w") as f:
@@ -520,7 +526,7 @@ class CoactStats:
         digests, k = header.get("layer_digests"), header.get("top_k")
         score = header.get("candidates", "count")  # absent: written before candidate scores existed
         if (not isinstance(digests, list) or len(digests) != L or not all(isinstance(d, str) for d in digests)
-                or not isinstance(k, int) or k < 1 or score not in CANDIDATE_SCORES):
+                or not isinstance(k, int) or k < 1 or not _valid_score(score)):
             raise StatsError(f"{root / META_FILE}: malformed header (layer digests, top_k or candidates)")
         fpath = root / FREQ_FILE
         st_meta, infos = safetensors_header(fpath, lambda m: StatsError(f"{fpath}: {m}"))
@@ -856,12 +862,22 @@ def count_layer(job: LayerJob) -> dict[str, Any]:
 
 
 def resolve_candidates(candidates: str | None) -> str:
-    """The candidate score a user asked for (``None`` / ``"default"`` = :data:`DEFAULT_CANDIDATES`); raises
+    """The candidate score a user asked for (``None`` / ``"default"`` = :data:`DEFAULT_CANDIDATES`; one of
+    :data:`CANDIDATE_SCORES` or several joined by ``+``, :func:`coact.bitcount.score_parts`); raises
     :class:`StatsError` for an unknown one."""
     score = DEFAULT_CANDIDATES if candidates in (None, "default") else str(candidates)
-    if score not in CANDIDATE_SCORES:
-        raise StatsError(f"unknown candidate score {candidates!r}; choose from {', '.join(CANDIDATE_SCORES)}")
+    try:
+        bitcount.score_parts(score)
+    except ValueError as e:
+        raise StatsError(str(e)) from None
     return score
+
+
+def _valid_score(score: Any) -> bool:
+    try:
+        return isinstance(score, str) and bool(bitcount.score_parts(score))
+    except ValueError:
+        return False
 
 
 def dense_bytes(n_layers: int, n_neurons: int) -> int:
@@ -878,24 +894,6 @@ def _available_memory() -> int:
     except OSError:  # pragma: no cover - not Linux
         pass
     return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-
-
-#: ``coact stats`` without ``--top-k``/``--dense`` keeps dense exact counts up to this many neurons per layer (if
-#: they also fit in memory, :func:`auto_dense`). Why: no candidate score keeps Ripple within 1 % of dense counts on
-#: both SmolLM2 operating points at k = 32 (docs/BENCHMARKS.md, bench/bench_candidates.py), and up to 4,096
-#: neurons dense counts are cheap: 128 MiB per layer as int64, 0.6 GB for SmolLM2 (30 x 1,536) and Gemma 3 270M
-#: (18 x 2,048); every solver still runs on them. Above it (Llama-2-7B: 32 x 11,008 = 31 GB) only the candidate
-#: graph fits.
-AUTO_DENSE_MAX_NEURONS = 4096
-
-
-def auto_dense(n_layers: int, n_neurons: int, available: int | None = None) -> bool:
-    """True when ``coact stats`` keeps dense counts by default: at most :data:`AUTO_DENSE_MAX_NEURONS` neurons per
-    layer and all layers within :data:`DENSE_MEMORY_SHARE` of the available memory (:func:`check_dense_fits`)."""
-    if int(n_neurons) > AUTO_DENSE_MAX_NEURONS:
-        return False
-    avail = _available_memory() if available is None else int(available)
-    return dense_bytes(n_layers, n_neurons) <= DENSE_MEMORY_SHARE * avail
 
 
 def check_dense_fits(n_layers: int, n_neurons: int, available: int | None = None) -> None:

@@ -19,8 +19,7 @@ from coact.models import ModelHandle, load_model
 from coact.placement import layout_objective, solve_model
 from coact.progress import bars
 from coact.sparsify import get_sparsifier
-from coact.stats import (DEFAULT_TOP_K, CoactStats, StatsError, auto_dense, check_stats_output, compute_stats,
-                         count_stats)
+from coact.stats import CoactStats, StatsError, check_stats_output, compute_stats, count_stats
 from coact.trace import CaptureConfig, Trace, capture_trace, check_trace_output, forward_activations
 from common.atomic import check_output
 from runtime.caches import CACHES, get_cache
@@ -169,9 +168,8 @@ def count(trace: str | Path | Trace, out: str | Path | None = None, *, start: in
 
     ``top_k``, ``candidates`` or ``dense`` select the per-layer scalable path (:func:`coact.stats.count_stats`:
     candidate graph of the top-k partners per neuron ranked by ``candidates`` (:data:`coact.stats.CANDIDATE_SCORES`,
-    default :data:`coact.stats.DEFAULT_CANDIDATES`), or dense counts, one executor job per layer). None of them:
-    *auto* — dense in-process counting (:func:`coact.stats.compute_stats`) when the dense counts fit comfortably
-    (:func:`coact.stats.auto_dense`), else the candidate graph with the defaults (docs/DESIGN.md §8)."""
+    default :data:`coact.stats.DEFAULT_CANDIDATES`), or dense counts, one executor job per layer); none of them:
+    dense in-process counting (:func:`coact.stats.compute_stats`, small models)."""
     if out is not None:  # before counting: never replace an unrelated folder or the trace itself
         check_stats_output(out, inputs=() if isinstance(trace, Trace) else (trace,))
     tr = trace if isinstance(trace, Trace) else Trace.load(require(trace, "trace"))
@@ -181,8 +179,6 @@ def count(trace: str | Path | Trace, out: str | Path | None = None, *, start: in
     if n < 1:
         raise StatsError(f"token range [{start}, {stop if stop is not None else tr.n_tokens}) holds no tokens; "
                          "statistics over zero tokens carry no information")
-    if top_k is None and not dense and candidates is None and not auto_dense(tr.n_layers, tr.n_neurons):
-        top_k = DEFAULT_TOP_K
     if top_k is not None or dense or candidates is not None:
         st = count_stats(tr, start=start, stop=stop, top_k=top_k, dense=dense, executor=executor, progress=progress,
                          candidates=candidates or "default")

@@ -16,7 +16,7 @@ from coact import bitcount
 from coact.cli import app
 from coact.graph import layer_graph
 from coact.sample import sample_dir
-from coact.stats import (CANDIDATE_SCORES, DEFAULT_CANDIDATES, CoactStats, auto_dense, compute_stats,
+from coact.stats import (CANDIDATE_SCORES, DEFAULT_CANDIDATES, DEFAULT_TOP_K, CoactStats, compute_stats,
                          count_stats)
 from common.bits import pack_bits
 from solvers.base import objective
@@ -57,12 +57,19 @@ def brute_force(C: np.ndarray, k: int, score: str, T: int) -> tuple[set[tuple[in
     """Union of each neuron's top-k partners (score desc, count desc, id asc; only co-firing pairs) and per neuron
     the largest raw count of a pair outside it — by plain Python loops and the formulas of the docstring."""
     n = C.shape[0]
+    if "+" in score:  # a union of each score's top-k
+        parts = [brute_force(C, k, p, T)[0] for p in score.split("+")]
+        edges = set().union(*parts)
+        xm = np.array([max([int(C[i, j]) for j in range(n) if j != i and (i, j) not in edges], default=0)
+                       for i in range(n)])
+        return edges, xm
     f = np.diagonal(C).astype(np.float64)
     formula = {"count": lambda c, i, j: c,
                "jaccard": lambda c, i, j: c / (f[i] + f[j] - c),
                "lift": lambda c, i, j: c * float(T) / (f[i] * f[j]),
                "cosine": lambda c, i, j: c / np.sqrt(f[i] * f[j]),
-               "min": lambda c, i, j: c / min(f[i], f[j])}[score]
+               "min": lambda c, i, j: c / min(f[i], f[j]),
+               "hot": lambda c, i, j: f[j]}[score]
     edges: set[tuple[int, int]] = set()
     for i in range(n):
         part = [j for j in range(n) if j != i and C[i, j] > 0]
@@ -76,7 +83,7 @@ def brute_force(C: np.ndarray, k: int, score: str, T: int) -> tuple[set[tuple[in
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(T=st.integers(1, 120), N=st.integers(1, 30), k=st.integers(1, 5), seed=st.integers(0, 99),
-       score=st.sampled_from(CANDIDATE_SCORES))
+       score=st.sampled_from(CANDIDATE_SCORES + ("jaccard+lift", "count+min")))
 def test_candidates_match_brute_force_for_every_score(T: int, N: int, k: int, seed: int, score: str) -> None:
     rng = np.random.default_rng(seed)
     rates = rng.choice([0.0, 0.05, 0.3, 0.9], size=N)  # hot, rare and dead neurons: ties and zero rows
@@ -116,10 +123,9 @@ def test_cli_candidates_option(tmp_path: Path) -> None:
     res = run(app, ["stats", str(prof), "--out", str(tmp_path / "b"), "--stop", "128", "--top-k", "4", "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["candidates"] == DEFAULT_CANDIDATES
-    # neither --top-k nor --candidates nor --dense: auto, dense for SmolLM2's 30 x 1,536 (docs/DESIGN.md §8)
     res = run(app, ["stats", str(prof), "--out", str(tmp_path / "d"), "--stop", "128", "--json"])
     assert res.exit_code == 0, res.output
-    assert (json.loads(res.stdout)["kind"], json.loads(res.stdout)["candidates"]) == ("dense", None)
+    assert (json.loads(res.stdout)["kind"], json.loads(res.stdout)["top_k"]) == ("candidate", DEFAULT_TOP_K)
     a, b = CoactStats.load(tmp_path / "a"), CoactStats.load(tmp_path / "b")  # the score survives a round trip
     assert (a.candidate_score, b.candidate_score) == ("count", DEFAULT_CANDIDATES)
     assert a.digest != b.digest
@@ -128,9 +134,3 @@ def test_cli_candidates_option(tmp_path: Path) -> None:
     lines = [line for line in res.output.splitlines() if line.strip()]
     assert res.exit_code == 2 and len(lines) == 1 and "bogus" in lines[0], res.output
 
-
-def test_auto_keeps_dense_counts_only_when_they_fit_comfortably() -> None:
-    assert auto_dense(30, 1536, available=16 << 30)  # SmolLM2: 0.57 GB of int64 counts
-    assert auto_dense(18, 2048, available=16 << 30)  # Gemma 3 270M
-    assert not auto_dense(32, 11008, available=1 << 40)  # Llama-2-7B: above the neuron cap whatever the memory
-    assert not auto_dense(30, 1536, available=1 << 30)  # too little memory

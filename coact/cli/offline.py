@@ -152,19 +152,17 @@ def stats(
     out: Path = typer.Option(..., help="Output statistics folder."),
     start: int = typer.Option(0, help="First token of the trace to count."),
     stop: Optional[int] = typer.Option(None, help="Token after the last one to count (default: all)."),
-    top_k: Optional[int] = typer.Option(None, "--top-k", help=f"Keep the candidate graph: K partners per neuron "
-                                        f"(default {DEFAULT_TOP_K} when candidates are kept)."),
-    candidates: Optional[str] = typer.Option(None, "--candidates",
-                                             help=f"Keep the candidate graph, partners ranked by: "
-                                                  f"{', '.join(CANDIDATE_SCORES)} (default {DEFAULT_CANDIDATES}; "
-                                                  "counts stay exact)."),
+    top_k: int = typer.Option(DEFAULT_TOP_K, "--top-k", help="Partners kept per neuron and score (candidate graph)."),
+    candidates: str = typer.Option(DEFAULT_CANDIDATES, "--candidates",
+                                   help=f"How each neuron ranks its partners: {', '.join(CANDIDATE_SCORES)}, or "
+                                        "several joined by '+' (the union of each one's top-k). Counts stay exact."),
     dense: bool = typer.Option(False, "--dense", help="Keep every pair (dense counts; only if they fit in memory)."),
     executor: Optional[str] = typer.Option(None, help="Where layer jobs run: local, local:N, ray, ray:ADDRESS."),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Exact per-layer activation and co-activation counts (written atomically with a digest): dense (every pair)
-    when they fit comfortably (at most 4,096 neurons per layer), else the candidate graph (each neuron's top-k
-    partners, exact counts, sharded per layer); --dense, --top-k or --candidates choose explicitly.
+    """Exact per-layer activation and co-activation counts (written atomically with a digest): by default the
+    candidate graph (each neuron's top-k partners by Jaccard and by lift, exact counts, sharded per layer),
+    --dense for every pair.
 
     Example: coact stats traces/pydoc-profile --out stats/pydoc
     """
