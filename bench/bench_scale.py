@@ -365,7 +365,7 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=32)
     ap.add_argument("--neurons", type=int, default=11008)
     ap.add_argument("--tokens", type=int, default=100_000)
-    ap.add_argument("--top-k", type=int, default=32)
+    ap.add_argument("--top-k", type=int, default=48, help="candidates per neuron (coact stats default: jaccard+lift top-48; the scale table in BENCHMARKS.md §7 was measured with 32)")
     ap.add_argument("--stats-tokens", type=int, default=None, help="Count only the first tokens (default all).")
     ap.add_argument("--d-model", type=int, default=4096)
     ap.add_argument("--seed", type=int, default=0)
