@@ -666,6 +666,18 @@ def _json_default(o: Any) -> Any:
 # -- counting ------------------------------------------------------------------------------------------------------
 
 
+
+def _packed_array(arr: Any, n_neurons: int | None) -> tuple[np.ndarray, int, int, int]:
+    """A bit-packed active-set array [T, L, nb] checked against ``n_neurons`` (default 8 * nb): (array, T, L, N)."""
+    packed = np.asarray(arr)
+    if packed.dtype != np.uint8 or packed.ndim != 3:
+        raise StatsError(f"expected a trace or a uint8 array [T, L, nb], got {packed.dtype} {packed.shape}")
+    T, L, nb = packed.shape
+    N = int(n_neurons) if n_neurons is not None else 8 * nb
+    if n_packed_bytes(N) != nb:
+        raise StatsError(f"{N} neurons need {n_packed_bytes(N)} packed bytes, array has {nb}")
+    return packed, int(T), int(L), N
+
 def _syrk(x: np.ndarray, buf: np.ndarray, *, accumulate: bool) -> np.ndarray:
     """Upper triangle of ``buf (+)= x^T x`` for float32 C-contiguous x [t, N] and float32 Fortran buf [N, N].
 
@@ -743,13 +755,7 @@ def compute_stats(
     if isinstance(trace_or_packed, np.ndarray) or not (
         hasattr(trace_or_packed, "layer_packed") or hasattr(trace_or_packed, "packed")
     ):
-        packed = np.asarray(trace_or_packed)
-        if packed.dtype != np.uint8 or packed.ndim != 3:
-            raise StatsError(f"expected a trace or a uint8 array [T, L, nb], got {packed.dtype} {packed.shape}")
-        T, L, nb = packed.shape
-        N = int(n_neurons) if n_neurons is not None else 8 * nb
-        if n_packed_bytes(N) != nb:
-            raise StatsError(f"{N} neurons need {n_packed_bytes(N)} packed bytes, array has {nb}")
+        packed, T, L, N = _packed_array(trace_or_packed, n_neurons)
         base_meta: dict[str, Any] = {"n_layers": L, "n_neurons": N}
     else:
         tr = trace_or_packed
@@ -949,13 +955,7 @@ def count_stats(
         # Starting worker processes costs seconds: worth it only for real work.
         default_ex = "local" if T * L * N * N >= SERIAL_BELOW else "serial"
     else:
-        packed = np.asarray(trace_or_packed)
-        if packed.dtype != np.uint8 or packed.ndim != 3:
-            raise StatsError(f"expected a trace or a uint8 array [T, L, nb], got {packed.dtype} {packed.shape}")
-        T, L, nb = packed.shape
-        N = int(n_neurons) if n_neurons is not None else 8 * nb
-        if n_packed_bytes(N) != nb:
-            raise StatsError(f"{N} neurons need {n_packed_bytes(N)} packed bytes, array has {nb}")
+        packed, T, L, N = _packed_array(trace_or_packed, n_neurons)
         base_meta = {"n_layers": L, "n_neurons": N}
         source = packed
         default_ex = "serial"

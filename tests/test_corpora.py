@@ -117,14 +117,15 @@ def _stats(seed: int, T: int) -> CoactStats:
                       meta={"model_id": "m"})
 
 
-def test_stats_merge_cli(tmp_path) -> None:
-    from coact import stats as stats_mod
-
-    if not hasattr(stats_mod, "merge"):
-        pytest.skip("coact.stats.merge(stats_list, weights) has not landed yet")
+def _saved_pair(tmp_path) -> tuple[CoactStats, CoactStats]:
     a, b = _stats(0, 50), _stats(1, 30)
     a.save(tmp_path / "a")
     b.save(tmp_path / "b")
+    return a, b
+
+
+def test_stats_merge_cli(tmp_path) -> None:
+    a, b = _saved_pair(tmp_path)
     res = runner.invoke(app, ["stats-merge", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "m"),
                               "--json"])
     assert res.exit_code == 0, res.output
@@ -138,13 +139,7 @@ def test_stats_merge_cli(tmp_path) -> None:
 
 
 def test_stats_merge_weights(tmp_path) -> None:
-    from coact import stats as stats_mod
-
-    if not hasattr(stats_mod, "merge"):
-        pytest.skip("coact.stats.merge(stats_list, weights) has not landed yet")
-    a, b = _stats(0, 50), _stats(1, 30)
-    a.save(tmp_path / "a")
-    b.save(tmp_path / "b")
+    a, b = _saved_pair(tmp_path)
     res = runner.invoke(app, ["stats-merge", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "m"),
                               "--weights", "2,1"])
     assert res.exit_code == 0, res.output
