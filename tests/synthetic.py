@@ -19,7 +19,6 @@ Plus :func:`random_graph` (unstructured instances) and :func:`brute_objective`, 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable
 
 import numpy as np
 import scipy.sparse as sp

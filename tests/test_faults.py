@@ -24,7 +24,6 @@ from typing import Callable
 import numpy as np
 import pytest
 
-from coact.sample import sample_dir
 from coact.stats import CoactStats
 from coact.trace import Trace, verify_trace
 from common.atomic import TMP_MARK

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import gc
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from coact.accuracy import perplexity, sparsified

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coact.shrink import (LayerCounts, ShrinkError, choose_alpha, layer_counts, mean_run_length, mixture,
+from coact.shrink import (ShrinkError, choose_alpha, layer_counts, mean_run_length, mixture,
                           pair_loglik, run_stats, shrink, shrunk_graphs, simplex_grid, to_graph, worst_case_weights)
 from common.bits import pack_bits
 from solvers import get_solver
