@@ -9,7 +9,9 @@ gate/up, column p of down, entry p of the per-neuron biases), so the exported mo
 **hf**: the model is loaded with :func:`coact.models.load_model`, each layer permuted in place with
 ``ModelHandle.permute_ffn`` (the family adapter knows the weights, fused or Conv1D), written with
 ``save_pretrained`` (float32, as loaded) plus the tokenizer, and permuted back, so a handle passed in is unchanged
-afterwards. ``config.json`` carries ``coact_layout`` (:func:`layout_record`). Logits equal the original's to float
+afterwards. Mixture-of-experts models are permuted per (layer, expert) unit (rows of the expert's gate and up
+halves of ``gate_up_proj[e]``, columns of ``down_proj[e]``; routers and shared experts are unchanged).
+``config.json`` carries ``coact_layout`` (:func:`layout_record`). Logits equal the original's to float
 rounding (the FFN sums its neurons in another order): tests hold them within 1e-5.
 
 **gguf**: the source GGUF (``smollm2``: Q4_1, ``gemma3-270m``: Q4_K_M, or a ``.gguf`` path) is copied tensor by
@@ -24,7 +26,8 @@ a transformers load of the exported file gives the original's logits to float ro
 largest logit). Re-quantising instead would change the weights (the K-quants of the source cannot even be
 re-encoded by ``gguf.quants``), so it is not offered. Cost: ffn_down grows from 5-6.6 to 32 bits per weight
 (SmolLM2 98 -> 188 MB, Gemma 3 253 -> 331 MB). F32/F16 ffn_down tensors are permuted in their own type.
-Mixture-of-experts GGUF tensors (``ffn_*_exps``) are refused. llama.cpp was not available here, so loading the
+Mixture-of-experts GGUF tensors (``ffn_*_exps``) are refused, and so is ``--format gguf`` of a mixture-of-experts
+layout (one line: use ``--format hf``). llama.cpp was not available here, so loading the
 export with it is untested.
 
 Which layout a model carries: :func:`read_model_layout` (``coact verify MODEL_DIR`` / ``coact verify FILE.gguf``
@@ -67,7 +70,8 @@ def layout_record(layout: Layout) -> dict[str, Any]:
     source model and statistics digest say where it came from."""
     return {"format": RECORD_FORMAT, "version": RECORD_VERSION, "digest": layout.digest, "solver": layout.solver,
             "params": layout.params, "model_id": layout.model_id, "stats_digest": layout.stats_digest,
-            "created": layout.created, "n_layers": layout.n_layers, "n_neurons": layout.n_neurons}
+            "created": layout.created, "n_layers": layout.n_layers, "n_neurons": layout.n_neurons,
+            **({} if layout.units is None else {"units": [u.to_dict() for u in layout.units]})}
 
 
 def _gguf_fields(path: Path) -> dict[str, Any]:
@@ -150,6 +154,9 @@ def check_fits(layout: Layout, model_id: str, sizes: Sequence[int], what: str) -
 
 
 def _sizes(handle: ModelHandle) -> list[int]:
+    """N of every placement unit of the model (one per layer; per (layer, expert) for mixture-of-experts)."""
+    if getattr(handle, "units", None) is not None:
+        return [int(u.n) for u in handle.units]
     n = handle.n_neurons
     return [int(x) for x in n] if isinstance(n, (list, tuple)) else [int(n)] * handle.n_layers
 
@@ -349,6 +356,9 @@ def export_model(layout: str | os.PathLike[str] | Layout, fmt: str, model: str |
     if fmt == "hf":
         handle = model if isinstance(model, ModelHandle) else load_model(model_for(lay, model))
         return export_hf(lay, handle, out)
+    if lay.has_experts:
+        raise ExportError("--format gguf of a mixture-of-experts layout is not supported (expert tensors are "
+                          "stacked per layer in GGUF); use --format hf")
     if isinstance(model, ModelHandle):
         raise ExportError("--format gguf needs a model name or .gguf path, not a loaded model")
     spec = model_for(lay, model)

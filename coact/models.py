@@ -26,6 +26,7 @@ from common.perm import check_permutation
 from coact.errors import ModelError
 from coact import zoo
 from coact.families import Family, family_for
+from coact.families.units import model_units, permute_unit, unit_hooks, unit_weights
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -50,6 +51,10 @@ class ModelHandle:
     adapter: Family | None = None
     bos: int | None = None
     _bos_shape: tuple[int, int] | None = None
+    #: Placement units (:mod:`coact.families.units`) when the FFNs are not all dense and equally wide (MoE: one
+    #: unit per (layer, expert)); then n_layers counts units, n_neurons is the widest, and ffn_weights,
+    #: permute_ffn and act_hooks take unit indices. None: unit i = decoder layer i.
+    units: list[Any] | None = None
 
     def __post_init__(self) -> None:
         if self.adapter is None:
@@ -113,29 +118,16 @@ class ModelHandle:
         """Within the block, ``fn(layer, a)`` sees the activation ``a`` (act(gate(x)) for gated FFNs, act(fc1(x))
         for plain ones) of every layer on every forward; a non-None return value replaces ``a``. Capture (recording
         active sets) and the sparse model (masking inactive neurons) are both built on this one hook point."""
-        hooks = []
-        for layer in range(self.n_layers):
-            def hook(_mod: Any, _inp: Any, out: Any, layer: int = layer) -> Any:
-                if self._bos_shape is None:
-                    return fn(layer, out)
-                import torch
-
-                a = out.reshape(*self._bos_shape, out.shape[-1])  # [B, 1 + T, N]: BOS first
-                res = fn(layer, a[:, 1:])
-                return None if res is None else torch.cat([a[:, :1], res], dim=1).reshape(out.shape)
-
-            hooks.append(self.act_module(layer).register_forward_hook(hook))
-        try:
+        with unit_hooks(self, fn):
             yield
-        finally:
-            for h in hooks:
-                h.remove()
 
     def ffn_weights(self, layer: int) -> dict[str, np.ndarray]:
         """float32 ``{'up': [N,d], 'down': [d,N]}`` plus ``'gate': [N,d]`` for gated FFNs, and the biases that exist
         (``gate_bias``/``up_bias``: [N], per neuron; ``down_bias``: [d], shared). Plain FFNs have no gate (fc1 is
         ``up``), so nothing can store fc1 twice."""
         assert self.adapter is not None
+        if self.units is not None:
+            return unit_weights(self, layer)
         return self.adapter.weights(self._layer(layer))
 
     def check_bundle(self, bundle: str) -> None:
@@ -172,6 +164,8 @@ class ModelHandle:
         both halves of a fused gate_up, down columns, per-neuron biases; Conv1D axes transposed). The model's
         function is unchanged (a permutation of an FFN's hidden units)."""
         assert self.adapter is not None
+        if self.units is not None:
+            return permute_unit(self, layer, perm)
         p = check_permutation(perm, self.n_neurons, what=f"layer {layer} permutation", error=ModelError)
         self.adapter.permute(self._layer(layer), p)
 
@@ -221,12 +215,17 @@ def _describe(model: Any, tokenizer: Any, model_id: str, source: str) -> ModelHa
         raise ModelError(f"{type(model).__name__}: no decoder layers")
     handle = ModelHandle(model, tokenizer, model_id, source, len(layers), 0, 0, adapter.gated, adapter,
                          bos_token(tokenizer))
+    units = model_units(adapter, layers)
+    if units is not None:  # mixture-of-experts or mixed widths: the handle's "layers" are units
+        handle.units, handle.n_layers = units, len(units)
+        handle.n_neurons, handle.d_model = max(u.n for u in units), handle.ffn_weights(0)["up"].shape[1]
+        return handle
     w = handle.ffn_weights(0)
     handle.n_neurons, handle.d_model = w["up"].shape
     for layer in range(handle.n_layers):  # fail early (one line) if a layer does not match its adapter
         handle.act_module(layer)
         if adapter.n_neurons(layers[layer]) != handle.n_neurons:
-            raise ModelError(f"{type(model).__name__}: layers of different FFN widths are not supported yet")
+            raise ModelError(f"{type(model).__name__}: layer {layer} does not match its family adapter")
     return handle
 
 

@@ -17,8 +17,13 @@ profiled (issue 13). Three tools, all on the per-layer co-activation counts of :
   marginals ``p_i`` are left unchanged (the diagonal of the prior is p_i itself, not p_i^2), so the objective's
   ``sum |A|`` term is unchanged. The prior has every pair, so a shrunk layer is a dense graph (N^2/2 edges).
 - **Held-out choices.** :func:`choose_alpha` picks ``a`` by the mean run length (or the pair log-likelihood) on a
-  validation part of the *profiling* tokens; :func:`worst_case_weights` searches the simplex of domain weights for
-  the weights whose *worst* validation domain (relative to that domain's own in-domain layout) is best.
+  validation part of the *profiling* tokens; :func:`worst_case_weights` searches a simplex grid of domain weights,
+  and :func:`maxmin_weights` the continuous simplex by coordinate ascent, for the weights whose *worst* validation
+  domain (relative to that domain's own in-domain layout) is best (issue 13: "the worst held-out domain, not the
+  average").
+- **`coact solve --shrink STRENGTH|auto`.** :class:`ShrunkStats` presents shrunk counts to the unchanged solve path
+  (:func:`coact.workflow.solve_layouts`); :func:`solve_shrunk` chooses the strength on a validation trace
+  (:func:`choose_strength`) when asked for ``auto``.
 
 Solvers take integer counts (:class:`solvers.graph.CoactGraph`), so :func:`to_graph` scales the real-valued
 weights to counts in units of ``1 / resolution`` token (default 1/1000) and rounds: a relative rounding error below
@@ -38,15 +43,20 @@ import scipy.sparse as sp
 
 from coact import stats as stats_mod
 from coact.errors import CoactError
-from coact.workflow import require
+from coact.trace import Trace
+from coact.workflow import require, solve_layouts
 from common.bits import unpack_bits
+from solvers import get_solver
 from solvers.graph import CoactGraph
 
 __all__ = ["LayerCounts", "mixture", "shrink", "to_graph", "run_stats", "mean_run_length", "pair_loglik",
-           "choose_alpha", "simplex_grid", "worst_case_weights", "merge_stats", "shrunk_graphs", "layer_counts"]
+           "choose_alpha", "simplex_grid", "worst_case_weights", "maxmin_weights", "merge_stats", "shrunk_graphs",
+           "layer_counts", "ShrunkStats", "choose_strength", "parse_strength", "solve_shrunk", "ALPHAS"]
 
 #: Default resolution of :func:`to_graph`: weights are counts in thousandths of a token.
 RESOLUTION = 1000
+#: Shrinkage strengths tried by ``coact solve --shrink auto`` (0 = none; 1 = half data, half prior).
+ALPHAS = (0.0, 0.1, 0.3, 1.0)
 
 
 class ShrinkError(CoactError):
@@ -252,3 +262,147 @@ def merge_stats(paths: Sequence[str | Path], weights: Sequence[int] | None = Non
     if out is not None:
         merged.save(out)
     return merged
+
+
+# ------------------------------------------------------------------------------------- max-min weights (ascent)
+def maxmin_weights(
+    score: Callable[[tuple[float, ...]], Sequence[float]],
+    n_domains: int,
+    *,
+    reference: Sequence[float] | None = None,
+    start: Sequence[float] | None = None,
+    step: float = 0.2,
+    min_step: float = 0.025,
+    max_evals: int = 60,
+) -> tuple[tuple[float, ...], float, list[tuple[tuple[float, ...], float]]]:
+    """Domain weights maximising the worst validation domain by coordinate ascent on the continuous simplex.
+
+    Why beside :func:`worst_case_weights`: a grid of step 0.25 has only 35 points for four domains and its best
+    point is often uniform; the ascent moves ``step`` of weight from one domain to another (all ordered pairs),
+    keeps a move only if the worst (relative to ``reference``) score improves, and halves the step when no move
+    helps, down to ``min_step``. ``score(w)`` returns one score per domain (higher is better). Evaluations are
+    memoised; at most ``max_evals`` distinct weight vectors are scored. Returns the best weights, their worst
+    score and the path of accepted points.
+    """
+    ref = None if reference is None else np.asarray(reference, dtype=np.float64)
+    memo: dict[tuple[float, ...], float] = {}
+
+    def worst(w: np.ndarray) -> float:
+        key = tuple(round(float(x), 6) for x in w)
+        if key not in memo:
+            s = np.asarray([float(x) for x in score(key)])
+            memo[key] = float(np.min(s / ref)) if ref is not None else float(np.min(s))
+        return memo[key]
+
+    w = np.full(n_domains, 1.0 / n_domains) if start is None else check_weights(start, n_domains)
+    best = worst(w)
+    path = [(tuple(round(float(x), 6) for x in w), best)]
+    h = float(step)
+    while h >= min_step and len(memo) < max_evals:
+        moved = False
+        for i, j in itertools.permutations(range(n_domains), 2):
+            if w[j] <= 1e-12 or len(memo) >= max_evals:
+                continue
+            cand = w.copy()
+            d = min(h, cand[j])
+            cand[i] += d
+            cand[j] -= d
+            v = worst(cand)
+            if v > best + 1e-12:
+                w, best, moved = cand, v, True
+                path.append((tuple(round(float(x), 6) for x in w), best))
+        if not moved:
+            h /= 2
+    return tuple(round(float(x), 6) for x in w), best, path
+
+
+# --------------------------------------------------------------------------------- shrinkage for `coact solve`
+class ShrunkStats:
+    """A :class:`coact.stats.CoactStats` seen through shrinkage, for the unchanged solve path
+    (:func:`coact.workflow.solve_layouts`): ``layer(l)`` returns the shrunk counts in units of ``1/resolution``
+    token (integers, as the solvers require), computed when the layer is asked for (one layer in memory).
+
+    Dense statistics only: the prior has every pair, so a shrunk candidate graph would no longer be sparse.
+    """
+
+    def __init__(self, stats: Any, alpha: float, resolution: int = RESOLUTION):
+        if getattr(stats, "kind", "dense") != "dense":
+            raise ShrinkError("shrinkage needs dense statistics (coact stats --dense); candidate graphs keep only "
+                              "the top partners, and the independence prior would add every other pair")
+        if not float(alpha) >= 0:
+            raise ShrinkError(f"shrinkage strength must be >= 0, got {alpha}")
+        self.base, self.alpha, self.resolution = stats, float(alpha), int(resolution)
+        self.n_layers, self.n_neurons = stats.n_layers, stats.n_neurons
+        self.digest = stats.digest  # the layout records the statistics it was solved from
+        self.meta = {**stats.meta, "shrink_alpha": self.alpha, "shrink_resolution": self.resolution}
+
+    def layer(self, l: int) -> Any:
+        f, c, T = self.base.layer(l)
+        g = to_graph(shrink(LayerCounts(np.asarray(c, dtype=np.float64), np.asarray(f, dtype=np.float64), float(T)),
+                            self.alpha), self.resolution)
+        dense = g.counts.toarray()
+        np.fill_diagonal(dense, g.freq)
+        return stats_mod.LayerStats(g.freq, dense, int(g.n_tokens), np.zeros(self.n_neurons, np.int64), "dense")
+
+
+def _validation_layers(validation: Any, layers: Sequence[int]) -> list[np.ndarray]:
+    """Packed validation active sets per layer from a trace folder, a :class:`coact.trace.Trace` or an array
+    uint8 [T, L, nb]."""
+    if isinstance(validation, np.ndarray):
+        return [np.ascontiguousarray(validation[:, l, :]) for l in layers]
+    tr = validation if hasattr(validation, "layer_packed") else Trace.load(require(validation, "trace"))
+    return [tr.layer_packed(l) for l in layers]
+
+
+def choose_strength(stats: Any, validation: Any, *, alphas: Sequence[float] = ALPHAS,
+                    layers: Sequence[int] | None = None, solver: str = "ripple",
+                    seed: int = 0) -> tuple[float, dict[float, float]]:
+    """``--shrink auto``: the strength with the best pooled validation mean run length (:func:`choose_alpha`) on
+    ``layers`` (default: up to six layers spread over the model: layers are independent placement problems, and a
+    subset bounds the cost at len(alphas) solves per layer). ``validation``: tokens of the *profiling* kind of text
+    that the statistics did not count (e.g. the tail of the profiling corpus), never the evaluation text."""
+    if not alphas:
+        raise ShrinkError("give at least one shrinkage strength to choose from")
+    L = stats.n_layers
+    layers = list(range(0, L, max(1, L // 6)))[:6] if layers is None else [int(x) for x in layers]
+    val = _validation_layers(validation, layers)
+    if any(v.shape[1] != (stats.n_neurons + 7) // 8 for v in val):
+        raise ShrinkError("the validation trace has another number of neurons than the statistics")
+    train = []
+    for l in layers:
+        f, c, T = stats.layer(l)
+        train.append(LayerCounts(np.asarray(c, dtype=np.float64), np.asarray(f, dtype=np.float64), float(T)))
+    s = get_solver(solver)
+    return choose_alpha(train, val, alphas, lambda g: s.solve(g, seed=seed))
+
+
+def parse_strength(value: str | float) -> float | None:
+    """``--shrink`` value: a number >= 0, or ``auto`` (None)."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return None
+    try:
+        a = float(value)
+    except (TypeError, ValueError):
+        raise ShrinkError(f"--shrink must be a number >= 0 or 'auto', got {value!r}") from None
+    if not a >= 0:
+        raise ShrinkError(f"--shrink must be >= 0, got {value!r}")
+    return a
+
+
+def solve_shrunk(stats: Any, solvers: Sequence[str], out_dir: str | Path | None = None, *,
+                 shrink: str | float = "auto", validation: Any = None, seed: int = 0,
+                 time_limit: float | None = None, progress: bool = True,
+                 executor: Any = None) -> tuple[dict[str, Any], float, dict[float, float]]:
+    """``coact solve --shrink STRENGTH|auto``: choose the strength (``auto``: :func:`choose_strength` on
+    ``validation``) and solve every layer of the shrunk statistics with :func:`coact.workflow.solve_layouts`.
+    Returns (layouts as solve_layouts returns them, the strength used, the validation scores ({} if given))."""
+    alpha = parse_strength(shrink)
+    scores: dict[float, float] = {}
+    if alpha is None:
+        if validation is None:
+            raise ShrinkError("--shrink auto needs --validation TRACE (profiling-kind tokens the statistics did not "
+                              "count) to choose the strength; or give a number")
+        alpha, scores = choose_strength(stats, validation, seed=seed)
+    res = solve_layouts(ShrunkStats(stats, alpha), solvers, out_dir, seed=seed, time_limit=time_limit,
+                        progress=progress, executor=executor)
+    return res, float(alpha), scores

@@ -48,6 +48,11 @@ Files, version 3 (candidate graphs): a folder with ``meta.json`` (as above plus 
 (:meth:`CoactStats.load_layer`); :meth:`CoactStats.load` reads the layers lazily. Its digest covers the shape,
 n_tokens, k, the score (unless ``count``), freq, every layer's sha256 and the provenance. Dense statistics keep
 the version-2 single file (and its digest, so the digests recorded for the committed sample stay valid).
+
+Units (mixture-of-experts, mixed widths; :mod:`coact.trace` "Units"): statistics have one row per placement unit
+of the trace, padded to the widest unit (padding neurons never fire, so their counts are 0); ``meta["units"]``
+(copied from the trace and part of the provenance digest) gives every unit's width, and :meth:`CoactStats.layer`
+returns unit u cut to its N_u neurons, so layer graphs, solvers and layouts see each unit at its own width.
 """
 from __future__ import annotations
 
@@ -72,6 +77,7 @@ from coact import bitcount
 from coact.errors import CoactError
 from coact.progress import bars, make_progress, track
 from coact.trace import Trace
+from runtime.layout import Unit, default_units, parse_units
 
 FORMAT_NAME = "coact-stats"
 FORMAT_VERSION = 2
@@ -110,7 +116,7 @@ LAYERS_DIR = "layers"
 DENSE_MEMORY_SHARE = 0.5
 #: Metadata that says where the counts come from; part of the digest from version 2 on.
 PROVENANCE_KEYS = ("model_id", "sparsifier", "method", "sparsity", "corpus", "corpus_digest", "token_start", "ctx",
-                   "token_range", "content_digest", "layers", "parts")
+                   "token_range", "content_digest", "layers", "parts", "units")
 #: Sanity bounds checked before reading tensors (a dense N x N matrix per layer).
 MAX_LAYERS = 1 << 14
 MAX_NEURONS = 1 << 20
@@ -298,15 +304,37 @@ class CoactStats:
     def n_neurons(self) -> int:
         return int(self.freq.shape[1])
 
+    @property
+    def units(self) -> list[Unit]:
+        """The placement unit of every row (:mod:`coact.trace` "Units"; one dense unit per layer by default)."""
+        units = parse_units(self.meta.get("units"), error=StatsError)
+        if units is None:
+            return default_units([self.n_neurons] * self.n_layers)
+        if len(units) != self.n_layers or any(not 0 < u.n <= self.n_neurons for u in units):
+            raise StatsError(f"statistics metadata lists {len(units)} units that do not fit {self.n_layers} x "
+                             f"{self.n_neurons}")
+        return units
+
+    @property
+    def unit_widths(self) -> list[int]:
+        """N_u of every unit (row): the statistics of unit u are its first N_u neurons (the rest is padding)."""
+        return [u.n for u in self.units]
+
     def layer(self, l: int) -> LayerStats:
-        """The statistics of layer ``l`` (:class:`LayerStats`; unpacks as ``(freq, coact, n_tokens)``; dense
-        arrays are views, not copies)."""
+        """The statistics of layer (unit) ``l`` (:class:`LayerStats`; unpacks as ``(freq, coact, n_tokens)``; dense
+        arrays are views, not copies), cut to the unit's width N_u (padding neurons of narrower units dropped)."""
         if not -self.n_layers <= l < self.n_layers:
             raise IndexError(f"layer {l} out of range for {self.n_layers} layers")
+        n = self.unit_widths[l] if "units" in self.meta else self.n_neurons
         if self.coact is not None:
-            return LayerStats(self.freq[l], self.coact[l], self.n_tokens, np.zeros(self.n_neurons, np.int64), "dense")
+            if n == self.n_neurons:  # the common case: the stored arrays themselves
+                return LayerStats(self.freq[l], self.coact[l], self.n_tokens, np.zeros(n, np.int64), "dense")
+            return LayerStats(self.freq[l][:n], self.coact[l][:n, :n], self.n_tokens, np.zeros(n, np.int64), "dense")
         c = self.candidates[l]
-        return LayerStats(self.freq[l], c.csr(), self.n_tokens, c.excluded_max.astype(np.int64), "candidate")
+        csr = c.csr()
+        if n < self.n_neurons:
+            csr = sp.csr_array(csr[:n, :n])
+        return LayerStats(self.freq[l][:n], csr, self.n_tokens, c.excluded_max[:n].astype(np.int64), "candidate")
 
     def verify_layers(self) -> None:
         """Read every layer once and check it (its sha256 for sharded folders; what :meth:`load` defers), keeping

@@ -1,6 +1,6 @@
 """Activation traces: capture from a real model, store as a Hugging Face `datasets` dataset, read back fast.
 
-A trace has one row per token: `active` (uint8 [n_layers, ceil(N/8)], the bit-packed active set of every layer,
+A trace has one row per token: `active` (uint8 [n_layers, ceil(N/8)], the bit-packed active set of every unit,
 see :mod:`common.bits`), `token_id` and `pos` (index of the token in the corpus stream). Its metadata
 (`coact_trace.json` beside the arrow files) says what produced it: model id and shape, sparsifier with its
 thresholds, corpus spec and digest, token range and window size, achieved sparsity per layer.
@@ -23,6 +23,20 @@ positions; equal for equal data), `files` (sha256 of every file of the folder ex
 `meta_digest`), that `state.json` names only files inside the folder, and the shapes of the arrow data against
 the metadata, cheaply; :func:`verify_trace` recomputes every digest, so one flipped byte anywhere is detected.
 Version 1 traces (no digests) still load.
+
+Units (version 3): the rows of ``active`` are *placement units* (:class:`runtime.layout.Unit`), not necessarily
+decoder layers: a dense FFN layer is one unit, a mixture-of-experts layer one unit per expert ``(layer, expert)``.
+Metadata ``units`` lists them (``{"layer", "expert", "n"}``; ``n`` = the unit's width N_u) and ``n_neurons`` is the
+largest width; each row is bit-packed to ``ceil(n_neurons / 8)`` bytes and the bits of a unit beyond its N_u are
+always 0 (capture writes them so; :meth:`Trace.active` and the statistics cut them off). Why padding and not one
+ragged column per unit: ``datasets``' fixed-shape ``Array2D`` keeps the memory-mapped, zero-copy reads of
+:meth:`Trace.packed` and every reader of the ``[T, L, nb]`` array (stats, replay, synth) keeps working; the cost is
+the padding bytes when widths differ (none for equal widths, e.g. the experts of one MoE layer). For backward
+compatibility ``n_layers`` still names the row count (= the number of units); :attr:`Trace.units` gives the
+meaning; a trace without ``units`` (version 1, 2, and dense captures of version 3) has one dense unit per layer.
+``achieved_sparsity`` of an expert unit is over all tokens (a token not routed to the expert counts as inactive
+there). An MoE capture also stores ``routing``: per MoE layer the exact expert co-routing counts ``C[e, f]`` = tokens
+routed to both e and f (the router's top-k), which ``coact pack --expert-order coactivation`` uses.
 """
 from __future__ import annotations
 
@@ -48,11 +62,13 @@ from common.fileio import read_json_small
 from coact.corpus import token_windows
 from coact.errors import TraceError
 from coact.progress import make_progress
+from coact.families.units import unit_hooks
 from coact.sparsify import get_sparsifier
+from runtime.layout import Unit, default_units, parse_units
 
 META_FILE = "coact_trace.json"
-FORMAT = {"format": "coact-trace", "version": 2}
-READ_VERSIONS = (1, 2)
+FORMAT = {"format": "coact-trace", "version": 3}
+READ_VERSIONS = (1, 2, 3)
 RUN_FILE = "run.json"
 RUN_FORMAT = "coact-capture-run"
 LOCK_FILE = "lock"
@@ -75,13 +91,22 @@ def _features(n_layers: int, nb: int) -> Any:
     )
 
 
-@contextmanager
-def capture_activations(handle: Any, sparsifier: Any = None) -> Iterator[list[list[torch.Tensor]]]:
-    """Forward hooks that collect act(gate(x)) of every layer: yields `bufs[l]`, a list of [B*S, N] tensors.
+def handle_units(handle: Any) -> list[Unit]:
+    """The placement units of a model handle: its ``units`` (MoE, mixed widths) or one dense unit per layer."""
+    units = getattr(handle, "units", None)
+    return list(units) if units is not None else default_units([int(handle.n_neurons)] * int(handle.n_layers))
 
-    With ``sparsifier``, the model computes sparsely while recording (each layer's output is masked as the sparse
+
+@contextmanager
+def capture_activations(handle: Any, sparsifier: Any = None,
+                        routes: list[list[torch.Tensor]] | None = None) -> Iterator[list[list[torch.Tensor]]]:
+    """Forward hooks that collect act(gate(x)) of every unit: yields `bufs[u]`, a list of [B*S, N_u] tensors.
+
+    With ``sparsifier``, the model computes sparsely while recording (each unit's output is masked as the sparse
     model masks it), so deeper layers see the inputs the sparse model gives them; the recorded activations are the
-    unmasked ones, from which the sparsifier's mask is re-derived exactly.
+    unmasked ones, from which the sparsifier's mask is re-derived exactly. An expert unit's activation is 0 on the
+    tokens its router did not pick; with ``routes`` (a list per unit), ``routes[u]`` collects the bool [B*S] routing
+    masks of every expert unit (dense units collect nothing: every token reaches them).
     """
     bufs: list[list[torch.Tensor]] = [[] for _ in range(handle.n_layers)]
 
@@ -91,19 +116,26 @@ def capture_activations(handle: Any, sparsifier: Any = None) -> Iterator[list[li
             return None
         return out * sparsifier.mask(layer, out).to(out.dtype)
 
-    with handle.act_hooks(record):
+    if getattr(handle, "units", None) is not None:
+        on_route = None if routes is None else (lambda u, r: routes[u].append(r.reshape(-1)))
+        hooks = unit_hooks(handle, record, routes=on_route)
+    else:
+        hooks = handle.act_hooks(record)
+    with hooks:
         yield bufs
 
 
 def forward_activations(handle: Any, windows: list[np.ndarray], batch: int = 4, *,
-                        sparsifier: Any = None) -> list[torch.Tensor]:
-    """Run windows and return per-layer activations [T, N] in window order (of the sparse forward with
+                        sparsifier: Any = None, routes: list[torch.Tensor | None] | None = None) -> list[torch.Tensor]:
+    """Run windows and return per-unit activations [T, N_u] in window order (of the sparse forward with
     ``sparsifier``, see :func:`capture_activations`).
 
+    ``routes``, an empty list, receives per unit the bool [T] routing mask (None for dense units).
     Consecutive windows of equal length run as one batch (bigger matmuls, ~1.5x faster on CPU); windows are
     independent sequences, so batching does not change any activation.
     """
-    with capture_activations(handle, sparsifier) as bufs, torch.inference_mode():
+    rbufs: list[list[torch.Tensor]] = [[] for _ in range(handle.n_layers)]
+    with capture_activations(handle, sparsifier, rbufs) as bufs, torch.inference_mode():
         i = 0
         while i < len(windows):
             j = i + 1
@@ -112,7 +144,58 @@ def forward_activations(handle: Any, windows: list[np.ndarray], batch: int = 4, 
             x = torch.as_tensor(np.stack(windows[i:j]), dtype=torch.long)
             handle.forward(x) if hasattr(handle, "forward") else handle.model(x, use_cache=False)  # BOS if expected
             i = j
+        if routes is not None:
+            routes.extend(torch.cat(r) if r else None for r in rbufs)
         return [torch.cat(b) for b in bufs]
+
+
+def routed_samples(acts: list[torch.Tensor], routes: list[torch.Tensor | None]) -> list[torch.Tensor]:
+    """Calibration samples per unit: an expert unit's rows of the tokens routed to it (its thresholds are
+    calibrated on them, not on the zeros of tokens it never saw); a unit no calibration token reached gets one
+    zero row (threshold 0: every activation it ever computes counts as active)."""
+    out = []
+    for a, r in zip(acts, routes):
+        if r is not None:
+            a = a[r]
+            if a.shape[0] == 0:
+                a = torch.zeros(1, a.shape[-1])
+        out.append(a)
+    return out
+
+
+def unit_masks(sp: Any, acts: list[torch.Tensor], routes: list[torch.Tensor | None], n_max: int) -> np.ndarray:
+    """bool [T, U, n_max]: per unit the sparsifier's mask AND (expert units) the routing mask; bits past a unit's
+    width are 0."""
+    T = acts[0].shape[0] if acts else 0
+    out = np.zeros((T, len(acts), n_max), dtype=bool)
+    for u, (a, r) in enumerate(zip(acts, routes)):
+        m = sp.mask(u, a)
+        if r is not None:
+            m = m & r[:, None]
+        out[:, u, : a.shape[-1]] = m.numpy()
+    return out
+
+
+def co_routing(units: list[Unit], routes: list[torch.Tensor | None]) -> dict[str, list[list[int]]]:
+    """Per MoE layer (key: the layer as a string) the int co-routing counts ``C[e][f]`` = tokens routed to both
+    experts e and f (diagonal: tokens routed to e), from the routing masks of its expert units."""
+    by_layer: dict[int, list[tuple[int, torch.Tensor]]] = {}
+    for u, r in zip(units, routes):
+        if u.expert is not None and r is not None:
+            by_layer.setdefault(u.layer, []).append((u.expert, r))
+    out = {}
+    for layer, items in by_layer.items():
+        n_exp = max(e for e, _ in items) + 1
+        R = np.zeros((items[0][1].shape[0], n_exp), dtype=np.int64)
+        for e, r in items:
+            R[:, e] = r.numpy()
+        out[str(layer)] = (R.T @ R).tolist()
+    return out
+
+
+def _add_routing(acc: dict[str, list[list[int]]], part: dict[str, list[list[int]]]) -> None:
+    for k, m in part.items():
+        acc[k] = (np.asarray(acc[k]) + np.asarray(m)).tolist() if k in acc else m
 
 
 @dataclass
@@ -232,12 +315,14 @@ def _clear_partial(partial: Path) -> None:
             entry.unlink()
 
 
-def _shard_done(sdir: Path, run_id: str, rows: int) -> bool:
+def _shard_done(sdir: Path, run_id: str, rows: int) -> dict[str, Any] | None:
+    """The shard's ``done`` record if the shard is complete and of this run, else None."""
     try:
         done = json.loads((sdir / "done").read_text())
     except (OSError, ValueError):
-        return False
-    return isinstance(done, dict) and done.get("run_id") == run_id and done.get("rows") == rows
+        return None
+    ok = isinstance(done, dict) and done.get("run_id") == run_id and done.get("rows") == rows
+    return done if ok else None
 
 
 def _capture_locked(handle: Any, stream: np.ndarray, config: CaptureConfig, out: Path, partial: Path, sp: Any,
@@ -254,7 +339,9 @@ def _capture_locked(handle: Any, stream: np.ndarray, config: CaptureConfig, out:
         _clear_partial(partial)
         if sp.needs_calibration:
             calib = token_windows(stream, config.token_start, min(config.calib_tokens, config.n_tokens), config.ctx)
-            sp.calibrate(forward_activations(handle, calib))
+            calib_routes: list[torch.Tensor | None] = []
+            calib_acts = forward_activations(handle, calib, routes=calib_routes)
+            sp.calibrate(routed_samples(calib_acts, calib_routes))
         run = {"format": RUN_FORMAT, "version": 1, "run_id": uuid.uuid4().hex, "config": config.to_dict(),
                "sparsifier": sp.params(), "n_layers": handle.n_layers, "n_neurons": handle.n_neurons,
                "accuracy": None if accuracy is None else accuracy(sp)}
@@ -267,15 +354,21 @@ def _capture_locked(handle: Any, stream: np.ndarray, config: CaptureConfig, out:
     shards = [windows[i : i + per_shard] for i in range(0, len(windows), per_shard)]
     nb = n_packed_bytes(handle.n_neurons)
     feats = _features(handle.n_layers, nb)
+    units = handle_units(handle)
+    moe = any(u.expert is not None for u in units)
+    routing: dict[str, list[list[int]]] = {}
     pos0 = config.token_start
     with make_progress(disable=not progress) as prog:
         task = prog.add_task("capture", total=config.n_tokens)
         for k, shard in enumerate(shards):
             n_shard = sum(len(w) for w in shard)
             sdir = partial / f"shard_{k:05d}"
-            if not _shard_done(sdir, run_id, n_shard):
-                acts = forward_activations(handle, shard, sparsifier=sp if config.forward == "sparse" else None)
-                masks = np.stack([sp.mask(layer, a).numpy() for layer, a in enumerate(acts)], axis=1)  # [T, L, N]
+            done = _shard_done(sdir, run_id, n_shard)
+            if done is None:
+                routes: list[torch.Tensor | None] = []
+                acts = forward_activations(handle, shard, sparsifier=sp if config.forward == "sparse" else None,
+                                           routes=routes)
+                masks = unit_masks(sp, acts, routes, handle.n_neurons)  # [T, U, N], padding bits 0
                 ds = datasets.Dataset.from_dict(
                     {
                         "active": pack_bits(masks),
@@ -289,8 +382,13 @@ def _capture_locked(handle: Any, stream: np.ndarray, config: CaptureConfig, out:
                 ds.save_to_disk(str(sdir))
                 for f in sdir.iterdir():
                     fsync_path(f)
+                done = {"run_id": run_id, "rows": n_shard}
+                if moe:
+                    done["routing"] = co_routing(units, routes)
                 with atomic_path(sdir / "done") as tmp_done:
-                    tmp_done.write_text(json.dumps({"run_id": run_id, "rows": n_shard}))
+                    tmp_done.write_text(json.dumps(done))
+            if moe:
+                _add_routing(routing, done.get("routing") or {})
             pos0 += n_shard
             prog.advance(task, n_shard)
 
@@ -304,7 +402,8 @@ def _capture_locked(handle: Any, stream: np.ndarray, config: CaptureConfig, out:
     for i in range(0, len(full), _DIGEST_CHUNK):
         chunk = staged.packed(i, min(i + _DIGEST_CHUNK, len(full)))
         active_counts += unpack_bits(chunk, handle.n_neurons).sum(axis=(0, 2))
-    inactive = 1.0 - active_counts / (len(full) * handle.n_neurons)
+    widths = np.array([max(u.n, 1) for u in units], dtype=np.float64)
+    inactive = 1.0 - active_counts / (len(full) * widths)
     meta = {
         **FORMAT,
         **config.to_dict(),
@@ -313,6 +412,8 @@ def _capture_locked(handle: Any, stream: np.ndarray, config: CaptureConfig, out:
         "d_model": handle.d_model,
         "sparsifier": sp.params(),
         "achieved_sparsity": [round(float(x), 6) for x in inactive],
+        **({"units": [u.to_dict() for u in units]} if getattr(handle, "units", None) is not None else {}),
+        **({"routing": routing} if moe else {}),
         "accuracy": run.get("accuracy"),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "content_digest": content_digest(staged),
@@ -421,6 +522,13 @@ def _check_meta(p: Path, meta: Any) -> dict[str, Any]:
             raise TraceError(f"{p}: version 2 trace metadata without content_digest/files")
         if meta.get("meta_digest") != meta_digest(meta):
             raise TraceError(f"{p}: metadata does not match its meta_digest (file corrupt or modified)")
+    if "units" in meta:
+        units = parse_units(meta["units"], error=TraceError)
+        assert units is not None
+        if len(units) != meta["n_layers"] or any(not 0 < u.n <= meta["n_neurons"] for u in units) \
+                or max(u.n for u in units) != meta["n_neurons"]:
+            raise TraceError(f"{p}: trace metadata lists {len(units)} units whose widths do not fit "
+                             f"{meta['n_layers']} rows of {meta['n_neurons']} neurons")
     return meta
 
 
@@ -504,6 +612,22 @@ class Trace:
     def model_id(self) -> str:
         return str(self.meta["model_id"])
 
+    @property
+    def units(self) -> list[Unit]:
+        """The placement unit of every row (one dense unit per layer when the metadata lists none)."""
+        units = parse_units(self.meta.get("units"), error=TraceError)
+        return units if units is not None else default_units([self.n_neurons] * self.n_layers)
+
+    @property
+    def unit_widths(self) -> list[int]:
+        """N_u of every unit (row)."""
+        return [u.n for u in self.units]
+
+    @property
+    def has_units(self) -> bool:
+        """True when the trace lists its units (MoE or layers of different widths)."""
+        return "units" in self.meta
+
     def _range(self, start: int, stop: int | None) -> tuple[int, int]:
         stop = self.n_tokens if stop is None else stop
         if not 0 <= start < stop <= self.n_tokens:
@@ -533,8 +657,8 @@ class Trace:
         return np.ascontiguousarray(np.concatenate(parts), dtype=np.uint8)
 
     def active(self, layer: int, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """Boolean [T, N] active sets of one layer."""
-        return unpack_bits(self.layer_packed(layer, start, stop), self.n_neurons)
+        """Boolean [T, N_u] active sets of one unit (layer)."""
+        return unpack_bits(self.layer_packed(layer, start, stop), self.unit_widths[layer])
 
     def token_ids(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         start, stop = self._range(start, stop)

@@ -25,12 +25,13 @@ from common.atomic import check_output
 from runtime.caches import CACHES, get_cache
 from runtime.layout import Layout, export_layout, load_layout, save_layout
 from runtime.pack import BUNDLES, DTYPES, PackError, PackFile, is_pack_file, write_pack
+from runtime.pack import expert_order as expert_order_of
 from runtime.replay import replay, simulate
 from runtime.report import Report
 from solvers import get_solver
 
 __all__ = ["capture", "held_out_accuracy", "accuracy_line", "count", "solve_layouts", "layout_objective",
-           "check_compatible", "bundle_bytes", "pack",
+           "check_compatible", "unit_widths", "bundle_bytes", "pack", "EXPERT_ORDERS",
            "ensure_pack", "evaluate_layouts", "replay_pack", "export", "require", "measure_perplexity"]
 
 
@@ -215,6 +216,7 @@ def solve_layouts(
             solver=spec,
             params={**res.params, "solve_seconds": [round(s, 4) for s in res.seconds]},
             stats_digest=stats.digest,
+            units=stats.units if "units" in stats.meta else None,  # MoE / mixed widths: one perm per unit
         )
         if out_dir is not None:
             Path(out_dir).mkdir(parents=True, exist_ok=True)
@@ -223,14 +225,22 @@ def solve_layouts(
     return out
 
 
+def unit_widths(target: Any) -> list[int]:
+    """N of every placement unit of a trace, statistics or model handle (one per layer for dense models)."""
+    units = getattr(target, "units", None)
+    if units is not None:
+        return [int(u.n) for u in units]
+    return [int(target.n_neurons)] * int(target.n_layers)
+
+
 def check_compatible(layout: Layout, target: Any, what: str = "trace") -> None:
-    """A layout and a trace (or a loaded model: anything with n_layers, n_neurons, model_id) must have the same
-    shape, and the same model id when the layout records one."""
-    if layout.n_layers != target.n_layers or any(n != target.n_neurons for n in layout.n_neurons):
-        raise CoactError(
-            f"layout has {layout.n_layers} layers x {layout.n_neurons[0] if layout.n_neurons else 0} neurons, "
-            f"the {what} has {target.n_layers} x {target.n_neurons}"
-        )
+    """A layout and a trace (or a loaded model: anything with n_layers, n_neurons, model_id, optionally units) must
+    have the same shape (the same width for every unit), and the same model id when the layout records one."""
+    widths = unit_widths(target)
+    if layout.n_layers != target.n_layers or layout.n_neurons != widths:
+        def shape(sizes: list[int]) -> str:
+            return f"{len(sizes)} x {sizes[0]}" if len(set(sizes)) <= 1 and sizes else f"{len(sizes)} units of {sizes}"
+        raise CoactError(f"layout has {shape(layout.n_neurons)} neurons, the {what} has {shape(widths)}")
     if layout.model_id and layout.model_id != target.model_id:
         raise CoactError(f"layout is for model {layout.model_id!r}, the {what} is from {target.model_id!r}")
 
@@ -259,7 +269,7 @@ def evaluate_layouts(layouts: Sequence[str | Path], trace: str | Path | Trace, *
     packed = tr.packed(start, stop)
     rows = []
     for lp, lay in lays:
-        rep = simulate(lay, packed, tr.n_neurons, bundle_bytes=bb, collapse_gap=collapse)
+        rep = simulate(lay, packed, tr.unit_widths, bundle_bytes=bb, collapse_gap=collapse)
         rows.append({"layout": str(lp), "solver": lay.solver, "n_tokens": int(packed.shape[0]),
                      "accuracy": tr.meta.get("accuracy"),
                      **{k: v for k, v in rep.to_dict().items() if k != "per_layer"},
@@ -270,16 +280,41 @@ def evaluate_layouts(layouts: Sequence[str | Path], trace: str | Path | Trace, *
 
 
 # ------------------------------------------------------------------------------------------------------------ packs
+EXPERT_ORDERS = ("index", "coactivation")
+
+
 def pack(model: str | ModelHandle, layout: Layout, out: str | Path, *, bundle: str = "up-down", dtype: str = "fp16",
-         progress: bool = True) -> Path:
-    """Write the model's FFN bundles in `layout` order into a pack file."""
+         expert_order: str = "index", trace: str | Path | Trace | None = None, progress: bool = True) -> Path:
+    """Write the model's FFN bundles in `layout` order into a pack file (one region per placement unit: an MoE
+    layer's experts each get their own).
+
+    ``expert_order``: ``index`` (unit regions in unit order) or ``coactivation`` (inside every MoE layer, experts
+    routed together are neighbours in the file, :func:`runtime.pack.expert_order`, from the co-routing counts
+    ``trace`` recorded at capture)."""
     bundle_bytes(bundle, dtype, 1)  # validate names before loading the model
+    if expert_order not in EXPERT_ORDERS:
+        raise CoactError(f"unknown --expert-order {expert_order!r}; choose from {', '.join(EXPERT_ORDERS)}")
+    order = None
+    if expert_order == "coactivation":
+        if not layout.has_experts:
+            raise CoactError("--expert-order coactivation needs a layout of a mixture-of-experts model")
+        if trace is None:
+            raise CoactError("--expert-order coactivation needs --trace (its co-routing counts order the experts)")
+        tr = trace if isinstance(trace, Trace) else Trace.load(require(trace, "trace"))
+        if "routing" not in tr.meta:
+            raise CoactError(f"{tr.path} records no expert co-routing counts (not a mixture-of-experts capture)")
+        if layout.model_id and tr.model_id != layout.model_id:
+            raise CoactError(f"trace is from {tr.model_id!r}, the layout for {layout.model_id!r}")
+        order = expert_order_of(layout.unit_list, tr.meta["routing"])
     check_output(out, kind="pack file", is_kind=is_pack_file)  # only an existing pack may be replaced
     handle = _model(model)
     check_compatible(layout, handle, "model")
     handle.check_bundle(bundle)  # a plain FFN has no gate: gate-up-down would store fc1 twice
+    if getattr(handle, "units", None) is not None and layout.units is None:  # a layout written without units
+        layout = Layout(layout.perms, model_id=layout.model_id, solver=layout.solver, params=layout.params,
+                        stats_digest=layout.stats_digest, created=layout.created, units=handle.units)
     write_pack(out, handle.ffn_weights, layout, bundle=bundle, dtype=dtype, d_model=handle.d_model,
-               progress=bars(progress))
+               progress=bars(progress), order=order)
     return Path(out)
 
 
@@ -313,7 +348,7 @@ def replay_pack(pack_file: str | Path, trace: str | Path | Trace, *, start: int 
     with PackFile(require(pack_file, "pack file")) as pf:
         if pf.model_id and pf.model_id != tr.model_id:
             raise CoactError(f"pack is for model {pf.model_id!r}, trace is from {tr.model_id!r}")
-        layout = Layout(pf.perms(), model_id=pf.model_id, solver=pf.header.get("solver", ""))
+        layout = pf.layout()
         bb = pf.bundle_bytes
     check_compatible(layout, tr)
     if cache_mb < 0:

@@ -10,6 +10,13 @@ The native format is safetensors (memory-mappable, no pickle, readable from Rust
 solver name and parameters, the digest of the statistics the layout was solved on, creation time. Exports to JSON,
 CSV and npz are for other tools; the JSON and npz exports carry the metadata too and load back with
 :func:`load_layout`.
+
+**Units** (mixture-of-experts, layers of different widths): a layout's entries are *placement units*, not
+necessarily decoder layers. A dense layer is one unit; an MoE layer is one unit per expert. ``Layout.units`` (one
+:class:`Unit` per perm: decoder layer, expert or None, width N) says which is which; it is written as the JSON
+metadata entry ``units`` and is optional (None: unit i is decoder layer i, the dense case, which every layout
+written before units existed is). Everything else (perms, digests, packs, replay) is per entry, so widths may
+differ from entry to entry.
 """
 from __future__ import annotations
 
@@ -84,6 +91,50 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"solver parameter of type {type(obj).__name__} is not JSON-serialisable")
 
 
+@dataclass(frozen=True)
+class Unit:
+    """One placement unit: FFN neurons of decoder layer ``layer`` (``expert`` None: the layer's dense FFN; else that
+    expert of its mixture-of-experts block), ``n`` neurons wide."""
+
+    layer: int
+    expert: int | None
+    n: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"layer": int(self.layer), "expert": None if self.expert is None else int(self.expert), "n": int(self.n)}
+
+    @property
+    def label(self) -> str:
+        """``"3"`` for a dense layer, ``"3.e5"`` for expert 5 of layer 3."""
+        return f"{self.layer}" if self.expert is None else f"{self.layer}.e{self.expert}"
+
+
+def parse_units(raw: Any, sizes: Sequence[int] | None = None, error: type[Exception] = LayoutError) -> list[Unit] | None:
+    """Units from their JSON form (a list of ``{"layer", "expert", "n"}``, or a JSON string of it); None stays None.
+    With ``sizes`` the widths must equal them (one unit per perm). Raises ``error`` (one line) on anything else."""
+    if raw is None:
+        return None
+    try:
+        items = json.loads(raw) if isinstance(raw, str) else raw
+        out = []
+        for it in items:
+            exp = it["expert"]
+            u = Unit(int(it["layer"]), None if exp is None else int(exp), int(it["n"]))
+            if u.layer < 0 or u.n < 0 or (u.expert is not None and u.expert < 0):
+                raise ValueError(f"negative entry in {it}")
+            out.append(u)
+    except (TypeError, ValueError, KeyError) as e:
+        raise error(f"bad units metadata ({_one_line(e)})") from None
+    if sizes is not None and [u.n for u in out] != [int(n) for n in sizes]:
+        raise error(f"units metadata lists widths {[u.n for u in out][:6]}..., the perms have {list(sizes)[:6]}...")
+    return out
+
+
+def default_units(sizes: Sequence[int]) -> list[Unit]:
+    """One dense unit per layer (the meaning of a layout without units)."""
+    return [Unit(i, None, int(n)) for i, n in enumerate(sizes)]
+
+
 def check_perm(perm: np.ndarray, n: int | None = None, *, layer: int | None = None) -> np.ndarray:
     """Return `perm` as int64 if it is a permutation of range(len(perm)) (of length `n` if given), else raise
     :class:`LayoutError`.
@@ -121,6 +172,7 @@ class Layout:
         params: solver parameters (JSON-able).
         stats_digest: digest of the co-activation statistics the layout was solved on ("" if none).
         created: ISO 8601 creation time (UTC).
+        units: one :class:`Unit` per perm (mixture-of-experts / mixed widths), or None (unit i = layer i).
 
     Treat a Layout as immutable: `inverses` and `digest` are computed once and cached.
     """
@@ -131,9 +183,13 @@ class Layout:
     params: dict[str, Any] = field(default_factory=dict)
     stats_digest: str = ""
     created: str = field(default_factory=_now_iso)
+    units: list[Unit] | None = None
 
     def __post_init__(self) -> None:
         self.perms = [check_perm(p, layer=i) for i, p in enumerate(self.perms)]
+        if self.units is not None:
+            self.units = parse_units([u.to_dict() if isinstance(u, Unit) else u for u in self.units],
+                                     [p.size for p in self.perms])
         # Normalise to plain JSON now: a non-serialisable parameter fails here, not at save time, and a layout
         # compares equal to itself loaded back from disk.
         try:
@@ -145,7 +201,7 @@ class Layout:
         """Same placements and same provenance (compare `.digest` for placements only)."""
         if not isinstance(other, Layout):
             return NotImplemented
-        return self.digest == other.digest and (
+        return self.digest == other.digest and self.unit_list == other.unit_list and (
             self.model_id, self.solver, self.params, self.stats_digest, self.created
         ) == (other.model_id, other.solver, other.params, other.stats_digest, other.created)
 
@@ -169,6 +225,15 @@ class Layout:
     def n_neurons(self) -> list[int]:
         """N of every layer."""
         return [int(p.size) for p in self.perms]
+
+    @property
+    def unit_list(self) -> list[Unit]:
+        """The units, explicit or default (one dense unit per layer)."""
+        return list(self.units) if self.units is not None else default_units(self.n_neurons)
+
+    @property
+    def has_experts(self) -> bool:
+        return any(u.expert is not None for u in self.unit_list)
 
     @cached_property
     def inverses(self) -> list[np.ndarray]:
@@ -198,6 +263,7 @@ class Layout:
             "stats_digest": str(self.stats_digest),
             "created": str(self.created),
             "digest": self.digest,
+            **({} if self.units is None else {"units": json.dumps([u.to_dict() for u in self.units])}),
         }
 
 
@@ -253,6 +319,8 @@ def export_layout(layout: Layout, path: str | os.PathLike[str], fmt: str | None 
             doc["n_neurons"] = layout.n_neurons
             doc["params"] = json.loads(meta["params"])
             doc["perms"] = [p.tolist() for p in layout.perms]
+            if layout.units is not None:
+                doc["units"] = [u.to_dict() for u in layout.units]
             tmp.write_text(json.dumps(doc))
         elif fmt == "csv":
             with open(tmp, "w", newline="") as f:
@@ -456,6 +524,7 @@ def _validate(
         params=params,
         stats_digest=str(meta.get("stats_digest", "")),
         created=str(meta.get("created", "")),
+        units=parse_units(meta.get("units"), sizes),
     )
     stored_digest = meta.get("digest")
     if stored_digest and stored_digest != layout.digest:

@@ -38,6 +38,14 @@ model, like the norms). A part whose bias does not exist gets a zero. So ``FFN(x
 down[:, i] * h_i`` with ``h_i`` computed from bundle i alone (plus, for ``up-down`` packs of gated FFNs, the
 resident gate and its bias). The cost is one value per part (4 bytes of a 2,308-byte fp16 bundle); packs of
 bias-free models are unchanged (``width = d_model``).
+
+**Units** (mixture-of-experts, layers of different widths; :class:`runtime.layout.Unit`): the pack's "layers" are
+the layout's placement units, each with its own N, so an MoE layer is one region per expert. The header records
+``units`` (layer, expert, N of every unit; only when the layout has units) and ``unit_order``: the order of the
+unit regions in the file (default: unit index order). ``write_pack(order=...)`` puts the regions of experts that
+are routed together next to each other (:func:`expert_order`, ``coact pack --expert-order coactivation``); unit
+indices, perms and the checksum table stay in unit index order, only the regions move. The routers and shared
+experts of an MoE model are not packed: they stay resident with the model, like attention and the norms.
 """
 from __future__ import annotations
 
@@ -56,7 +64,7 @@ from common.atomic import atomic_path, check_output
 from common.progress import ProgressFn, tracked
 from runtime._closing import Closing
 from runtime.errors import PackError
-from runtime.layout import Layout, perms_digest
+from runtime.layout import Layout, Unit, parse_units, perms_digest
 from runtime.planner import runs
 
 MAGIC = b"COACTPK2"
@@ -98,9 +106,19 @@ def _hex32(x: int) -> str:
     return f"{x & 0xFFFFFFFF:08x}"
 
 
+def _check_order(order: Any, n: int, error: Callable[[str], Exception]) -> list[int]:
+    try:
+        out = [int(x) for x in order]
+    except (TypeError, ValueError):
+        raise error("unit_order is not a list of integers") from None
+    if sorted(out) != list(range(n)):
+        raise error(f"unit_order is not a permutation of the {n} units")
+    return out
+
+
 def _header_dict(
     layout: Layout, bundle: str, dtype: str, d_model: int, header_bytes: int, checksums: list[str],
-    perm_crc: str = "0" * 8, table_crc: str = "0" * 8, biases: bool = False,
+    perm_crc: str = "0" * 8, table_crc: str = "0" * 8, biases: bool = False, order: list[int] | None = None,
 ) -> dict[str, Any]:
     parts = BUNDLES[bundle]
     width = d_model + int(biases)
@@ -111,12 +129,19 @@ def _header_dict(
     crc_offset = _align(perm_offset + perm_nbytes)
     crc_nbytes = 4 * sum(sizes)
     off = _align(crc_offset + crc_nbytes)
-    offsets, nbytes = [], []
-    for n in sizes:
-        offsets.append(off)
-        nbytes.append(n * bb)
-        off += _align(n * bb)
+    order = list(range(len(sizes))) if order is None else order
+    offsets, nbytes = [0] * len(sizes), [n * bb for n in sizes]
+    for u in order:  # regions in file order; lists stay in unit index order
+        offsets[u] = off
+        off += _align(sizes[u] * bb)
+    extra: dict[str, Any] = {}
+    if layout.units is not None:
+        extra["units"] = [u.to_dict() for u in layout.units]
+        extra["moe"] = layout.has_experts
+    if order != list(range(len(sizes))):
+        extra["unit_order"] = order
     return {
+        **extra,
         "format": FORMAT_NAME,
         "version": VERSION,
         "dtype": dtype,
@@ -163,12 +188,13 @@ def bundle_crcs(data: bytes | memoryview, bundle_bytes: int) -> np.ndarray:
                        dtype=np.uint32, count=n)
 
 
-def _plan_header(layout: Layout, bundle: str, dtype: str, d_model: int, biases: bool = False) -> dict[str, Any]:
+def _plan_header(layout: Layout, bundle: str, dtype: str, d_model: int, biases: bool = False,
+                 order: list[int] | None = None) -> dict[str, Any]:
     """Find the header size (a multiple of 4 KiB) that fits the header that records it (checksums are fixed width)."""
     dummy = ["0" * 64] * layout.n_layers
     size = ALIGN
     while True:
-        header = _header_dict(layout, bundle, dtype, d_model, size, dummy, biases=biases)
+        header = _header_dict(layout, bundle, dtype, d_model, size, dummy, biases=biases, order=order)
         need = _align(len(_encode_header(header)))
         if need <= size:
             return header
@@ -201,6 +227,7 @@ def write_pack(
     d_model: int,
     progress: ProgressFn | None = None,
     biases: bool | None = None,
+    order: list[int] | None = None,
 ) -> Path:
     """Write the pack file of `layout` at `path`, atomically (temp file in the same directory, then rename).
 
@@ -214,6 +241,8 @@ def write_pack(
         progress: called as ``progress("pack", layers_done, n_layers)`` (None: silent).
         biases: store the per-neuron biases (``gate_bias``/``up_bias`` of `weights_fn`) in the bundles (see the
             module docstring); None: if layer 0's weights have any.
+        order: the order of the unit (layer) regions in the file, a permutation of the unit indices (None: index
+            order; :func:`expert_order` puts co-routed experts next to each other).
 
     An existing file at `path` is replaced only if it is a coact pack; anything else is refused
     (:class:`common.errors.OutputExistsError`).
@@ -231,7 +260,9 @@ def write_pack(
     first = weights_fn(0) if layout.n_layers else {}
     if biases is None:
         biases = has_neuron_biases(first, bundle)
-    header = _plan_header(layout, bundle, dtype, d, bool(biases))
+    if order is not None:
+        order = _check_order(order, layout.n_layers, PackError)
+    header = _plan_header(layout, bundle, dtype, d, bool(biases), order)
     bb = header["bundle_bytes"]
     width = header["width"]
     checksums: list[str] = []
@@ -282,6 +313,44 @@ def write_pack(
     return Path(path)
 
 
+def expert_order(units: list[Unit], routing: Mapping[str, Any]) -> list[int]:
+    """A region order of ``units`` that puts experts routed together next to each other.
+
+    ``routing[str(layer)]`` is the layer's expert co-routing count matrix (``C[e][f]`` = tokens routed to both e
+    and f, diagonal = tokens routed to e; :mod:`coact.trace` records it). Layers keep their order; inside an MoE
+    layer the experts follow a greedy path: start at the most routed expert, then always append the unplaced
+    expert routed most often together with the last one placed (ties: the lower expert id). Why a path: a token's
+    k experts are read one after another; if they are neighbours on disk, their regions' reads are close (one
+    seek area, and an engine may merge the reads at region borders). Dense units and experts of a layer without
+    counts keep their index order.
+    """
+    order: list[int] = []
+    seen: set[int] = set()
+    for i, u in enumerate(units):
+        if u.layer in seen:
+            continue
+        seen.add(u.layer)
+        members = [j for j, v in enumerate(units) if v.layer == u.layer]
+        experts = {units[j].expert: j for j in members if units[j].expert is not None}
+        counts = routing.get(str(u.layer))
+        if not experts or counts is None:
+            order.extend(members)
+            continue
+        C = np.asarray(counts, dtype=np.int64)
+        if C.ndim != 2 or C.shape[0] != C.shape[1] or C.shape[0] <= max(experts):
+            raise PackError(f"layer {u.layer}: co-routing counts of shape {C.shape} do not cover its experts")
+        todo = sorted(experts)
+        cur = max(todo, key=lambda e: (C[e, e], -e))
+        path = [cur]
+        todo.remove(cur)
+        while todo:
+            cur = max(todo, key=lambda e: (C[path[-1], e], -e))
+            path.append(cur)
+            todo.remove(cur)
+        order.extend([j for j in members if units[j].expert is None] + [experts[e] for e in path])
+    return order
+
+
 # ----------------------------------------------------------------------------------------------------------- read
 
 
@@ -321,6 +390,8 @@ class PackFile(Closing):
         self.n_layers: int = h["n_layers"]
         self.layout_digest: str = h["layout_digest"]
         self.model_id: str = h["model_id"]
+        self.units: list[Unit] | None = parse_units(h.get("units"), h["n_neurons"], error=self._fail)
+        self.unit_order: list[int] = [int(u) for u in h.get("unit_order", range(self.n_layers))]
         self._perms: list[np.ndarray] | None = None
         self._inverses: list[np.ndarray] | None = None
         self._crcs: list[np.ndarray] | None = None
@@ -394,7 +465,11 @@ class PackFile(Closing):
         if h["crc_offset"] != _align(h["perm_offset"] + h["perm_nbytes"]) or h["crc_nbytes"] != 4 * sum(sizes):
             raise self._fail("bundle-checksum region inconsistent with the layer sizes")
         end = _align(h["crc_offset"] + h["crc_nbytes"])
-        for layer, (off, nb, n) in enumerate(zip(h["layer_offsets"], h["layer_nbytes"], sizes)):
+        order = _check_order(h.get("unit_order", range(L)), L, self._fail)
+        if "units" in h:
+            parse_units(h["units"], sizes, error=self._fail)
+        for layer in order:
+            off, nb, n = h["layer_offsets"][layer], h["layer_nbytes"][layer], sizes[layer]
             if not isinstance(off, int) or off % ALIGN or off < end:
                 raise self._fail(f"layer {layer} offset {off} is not 4 KiB aligned after the previous region")
             if nb != n * h["bundle_bytes"]:
@@ -471,7 +546,8 @@ class PackFile(Closing):
 
     def layout(self) -> Layout:
         """The pack's placements as a :class:`Layout` (model id and solver name come from the header)."""
-        return Layout(self.perms(), model_id=self.model_id, solver=str(self.header.get("solver", "")))
+        return Layout(self.perms(), model_id=self.model_id, solver=str(self.header.get("solver", "")),
+                      units=self.units)
 
     def read_neurons(self, layer: int, neurons: np.ndarray, layout: Layout | None = None, *,
                      verify: bool = True) -> np.ndarray:
@@ -536,11 +612,12 @@ class PackFile(Closing):
         self._zero_region(h["perm_offset"] + h["perm_nbytes"], h["crc_offset"], "perm region")
         self._crcs = None
         self.bundle_crcs(0) if self.n_layers else None  # checks the table's crc32
-        first = h["layer_offsets"][0] if self.n_layers else h["file_bytes"]
+        order = self.unit_order
+        first = h["layer_offsets"][order[0]] if self.n_layers else h["file_bytes"]
         self._zero_region(h["crc_offset"] + h["crc_nbytes"], first, "checksum table")
         bb = self.bundle_bytes
         step = max(1, _WRITE_CHUNK // bb) * bb
-        for layer in range(self.n_layers):
+        for k, layer in enumerate(order):
             sha = hashlib.sha256()
             base, total = self.layer_offset(layer), self.layer_nbytes(layer)
             done = 0
@@ -553,7 +630,7 @@ class PackFile(Closing):
                 done += len(raw)
             if sha.hexdigest() != h["checksums"][layer]:
                 raise self._fail(f"layer {layer}: checksum mismatch (file corrupt)")
-            end = h["layer_offsets"][layer + 1] if layer + 1 < self.n_layers else h["file_bytes"]
+            end = h["layer_offsets"][order[k + 1]] if k + 1 < self.n_layers else h["file_bytes"]
             self._zero_region(base + total, end, f"layer {layer}")
 
     def close(self) -> None:

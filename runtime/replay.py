@@ -9,6 +9,12 @@ same requests, so replay's counts equal simulate's exactly.
 
 Planning is done a chunk of tokens at a time *before* that chunk's timed loop, so the timed region holds nothing
 but the engine call.
+
+Units (mixture-of-experts, layers of different widths): a "layer" here is a placement unit of the layout (an MoE
+layer is one unit per expert, each with its own N and its own pack region), so every count is per unit; when the
+layout lists units, the report's per-layer rows carry each unit's decoder layer and expert
+(:meth:`runtime.report.Report.expert_reads`: reads per expert). A token that was not routed to an expert has an
+empty active set there and reads nothing from it.
 """
 from __future__ import annotations
 
@@ -197,6 +203,7 @@ def _config(
         "bundle_bytes": int(bundle_bytes),
         "align": int(align),
         "layers": layers,
+        **({"units": [u.to_dict() for u in layout.units]} if layout.units is not None else {}),
     }
 
 

@@ -89,6 +89,17 @@ class LayerMetrics:
     overread: float | None
     hit_rate: float | None
     latency_ms_mean: float | None = None
+    #: The placement unit this row is (mixture-of-experts: one row per expert): its decoder layer and expert
+    #: (None: a dense FFN layer); both None when the layout lists no units (row = layer).
+    model_layer: int | None = None
+    expert: int | None = None
+
+    @property
+    def label(self) -> str:
+        """``"3"`` for layer 3, ``"3.e5"`` for expert 5 of layer 3."""
+        if self.expert is None:
+            return str(self.layer if self.model_layer is None else self.model_layer)
+        return f"{self.model_layer}.e{self.expert}"
 
 
 @dataclass
@@ -135,12 +146,16 @@ class Report:
         """Aggregate per (token, layer) counts (and, for a replay, per (token, layer) I/O times in ns)."""
         T = counts.n_tokens
         tot = {f: int(getattr(counts, f).sum()) for f in COUNT_FIELDS}
+        units = config.get("units") or None  # [{"layer", "expert", "n"}] per unit (runtime.layout.Unit)
         per_layer = []
         for j, layer in enumerate(counts.layers):
             c = {f: int(getattr(counts, f)[:, j].sum()) for f in COUNT_FIELDS}
+            unit = units[int(layer)] if units is not None else {}
             per_layer.append(
                 LayerMetrics(
                     layer=int(layer),
+                    model_layer=unit.get("layer"),
+                    expert=unit.get("expert"),
                     **c,
                     mean_run_length=_ratio(c["loaded"], c["runs"]),
                     reads_per_token=_ratio(c["reads"], T),
@@ -213,10 +228,14 @@ class Report:
             f"engine={cfg.get('engine') or '-'} bundle={cfg.get('bundle_bytes')} B"
         )
 
+    def expert_reads(self) -> dict[str, int]:
+        """I/O requests per expert unit (label ``"layer.eE"``, :attr:`LayerMetrics.label`); empty for dense models."""
+        return {m.label: m.reads for m in self.per_layer if m.expert is not None}
+
     def layer_rows(self) -> tuple[list[str], list[list[str]]]:
-        """(column names, one formatted row per layer): plain data for any front end."""
+        """(column names, one formatted row per layer, or per unit (``layer.eE`` for an expert) with MoE)."""
         cols = ["layer", "mean run", "reads/token", "over-read", "hit rate", "latency ms"]
-        rows = [[str(m.layer), _fmt(m.mean_run_length, ".3f"), _fmt(m.reads_per_token, ".2f"),
+        rows = [[m.label, _fmt(m.mean_run_length, ".3f"), _fmt(m.reads_per_token, ".2f"),
                  _fmt(m.overread, ".3f"), _fmt(None if m.hit_rate is None else 100 * m.hit_rate, ".1f", " %"),
                  _fmt(m.latency_ms_mean, ".4f")] for m in self.per_layer]
         return cols, rows

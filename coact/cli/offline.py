@@ -19,6 +19,7 @@ from coact.compare import run_compare
 from coact.demo import DemoConfig, run_demo
 from coact.errors import CoactError
 from coact.export_model import MODEL_FORMATS
+from coact.shrink import solve_shrunk
 from coact.sparsify import SPARSIFIERS
 from coact.stats import CANDIDATE_SCORES, DEFAULT_CANDIDATES, DEFAULT_TOP_K, CoactStats
 from coact.synth_weights import pack_synthetic
@@ -140,7 +141,9 @@ def trace(
                           f"{op.mean_sparsity:.3f}, validation perplexity {op.validation_ppl_dense:.2f} dense -> "
                           f"{op.validation_ppl:.2f}")
     sp = tr.meta["achieved_sparsity"]
-    out_console.print(f"trace: {tr.n_tokens:,} tokens x {tr.n_layers} layers x {tr.n_neurons} neurons -> {out}")
+    shape = (f"{tr.n_layers} units ({sum(u.expert is not None for u in tr.units)} experts) of up to "
+             if tr.has_units else f"{tr.n_layers} layers x ")
+    out_console.print(f"trace: {tr.n_tokens:,} tokens x {shape}{tr.n_neurons} neurons -> {out}")
     out_console.print("achieved sparsity per layer: " + " ".join(f"{x:.3f}" for x in sp))
     out_console.print(accuracy_line(tr.meta))
 
@@ -188,6 +191,11 @@ def solve(
     list_solvers: bool = typer.Option(False, "--list", help="List the registered solvers and exit."),
     executor: Optional[str] = typer.Option(None, help="Where layers are solved: serial (default), local[:N] "
                                                       "(process pool), ray[:N] (local Ray), ray:ADDRESS (cluster)."),
+    shrink: Optional[str] = typer.Option(None, help="Shrink co-activation probabilities toward the product of "
+                                                    "marginals before solving (dense statistics): a strength >= 0, "
+                                                    "or 'auto' (chosen by mean run length on --validation)."),
+    validation: Optional[Path] = typer.Option(None, help="For --shrink auto: a trace of profiling-kind tokens the "
+                                                         "statistics did not count (never the evaluation text)."),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
     """Solve placements; writes OUT/{solver}.safetensors for each solver.
@@ -207,10 +215,18 @@ def solve(
     for s in solver:
         get_solver(s)  # unknown names fail before any work
     st = CoactStats.load(require(stats_dir, "statistics"))
-    res = solve_layouts(st, solver, out, seed=seed, time_limit=time_limit, progress=not json_out,
-                        executor=executor)
+    if shrink is not None:
+        res, alpha, _ = solve_shrunk(st, solver, out, shrink=shrink, validation=validation, seed=seed,
+                                     time_limit=time_limit, progress=not json_out, executor=executor)
+        logger(json_out)(f"shrinkage strength {alpha:g} (toward the product of marginals)")
+    else:
+        res = solve_layouts(st, solver, out, seed=seed, time_limit=time_limit, progress=not json_out,
+                            executor=executor)
     rows = [{"solver": s, "layout": str(out / f"{s}.safetensors"), "objective": layout_objective(lay, st),
              "solve_seconds": float(sum(r.seconds))} for s, (lay, r) in res.items()]
+    if shrink is not None:
+        for r in rows:
+            r["shrink"] = alpha
     if json_out:
         emit_json(rows)
         return
@@ -266,6 +282,10 @@ def pack_cmd(
                                            help="Seeded random weights instead of a model (any shape; --d-model)."),
     d_model: int = typer.Option(4096, help="With --synthetic-weights: hidden size."),
     seed: int = typer.Option(0, help="With --synthetic-weights: weight seed."),
+    expert_order: str = typer.Option("index", help="Mixture-of-experts: order of the expert regions: index, or "
+                                                   "coactivation (experts routed together are neighbours; --trace)."),
+    trace_dir: Optional[Path] = typer.Option(None, "--trace", help="With --expert-order coactivation: the trace "
+                                                                   "whose co-routing counts order the experts."),
 ) -> None:
     """Write the model's FFN bundles in placement order into one flash file (4 KiB aligned, checksummed).
 
@@ -275,7 +295,7 @@ def pack_cmd(
     if synthetic_weights:
         pack_synthetic(lay, out, d_model=d_model, seed=seed, bundle=bundle, dtype=dtype)
     else:
-        pack(model, lay, out, bundle=bundle, dtype=dtype)
+        pack(model, lay, out, bundle=bundle, dtype=dtype, expert_order=expert_order, trace=trace_dir)
     out_console.print(f"pack file -> {out} ({out.stat().st_size / 2**20:.1f} MiB)")
 
 

@@ -2,7 +2,8 @@
 
 ``FAMILIES`` maps a ``model_type`` to a factory returning its :class:`~coact.families.base.Family`; the built-ins
 register themselves in :mod:`coact.families.gated` (gate/up/down, fused gate_up) and :mod:`coact.families.plain`
-(fc1/fc2 with biases, Conv1D, OPT, BLOOM). A third party adds a family with
+(fc1/fc2 with biases, Conv1D, OPT, BLOOM) and :mod:`coact.families.moe` (mixture-of-experts: Mixtral, Qwen2-MoE,
+Qwen3-MoE, OLMoE). A third party adds a family with
 ``FAMILIES.add("mytype", lambda: Family(...), "description")``.
 """
 from __future__ import annotations
@@ -14,7 +15,7 @@ from coact.errors import ModelError
 from coact.families.base import Family, get_path
 
 FAMILIES: Registry[Callable[[], Family]] = Registry(
-    "model family", modules=("coact.families.gated", "coact.families.plain"))
+    "model family", modules=("coact.families.gated", "coact.families.plain", "coact.families.moe"))
 
 
 def family_for(config: Any) -> Family:

@@ -25,9 +25,10 @@ Terms (docs/DESIGN.md §2): the FFN of a layer has N neurons. Neuron i owns row 
 The hook point is always a module whose forward output is ``a``, so capture (records ``mask(a)``) and the sparse
 model (replaces ``a`` by ``a * mask``) need no family-specific code.
 
-Mixture-of-experts (not implemented): an adapter would add ``experts`` (path of the expert list inside the FFN
-module) and ``router``; every weight accessor below would take an expert index, and a unit of placement becomes
-(layer, expert). The fields are reserved so that the protocol does not change shape when MoE arrives.
+Mixture-of-experts: :class:`coact.families.moe.MoEFamily` adds ``experts``/``router``/``shared`` paths and the
+per-expert accessors (``moe_block``, ``n_experts``, ``expert_width``, ``expert_weights``, ``permute_expert``,
+``expert_activation``); a dense family's :meth:`Family.moe_block` is always None. The unit of placement of an MoE layer is
+(layer, expert) (:mod:`coact.families.units`).
 """
 from __future__ import annotations
 
@@ -70,7 +71,8 @@ class Family:
         ffn_norm: path (from the decoder layer) of the norm whose output is the FFN input; None: the FFN sees the
             residual stream itself. Used only by the online engine's prefetch predictor.
         attn_norm: path of the norm that feeds attention (the ``input`` predictor); None: identity.
-        experts: reserved for mixture-of-experts families (path of the expert list); None for dense FFNs.
+        experts: path of the experts module of mixture-of-experts families (:mod:`coact.families.moe`); None for
+            dense FFNs.
         description: one line for ``--help`` and error messages.
     """
 
@@ -103,6 +105,15 @@ class Family:
     @property
     def fused(self) -> bool:
         return self.gate_up is not None
+
+    @property
+    def moe(self) -> bool:
+        """True for mixture-of-experts families (:mod:`coact.families.moe`)."""
+        return self.experts is not None
+
+    def moe_block(self, layer: Any) -> Any | None:
+        """The layer's mixture-of-experts block, or None (always None for dense families)."""
+        return None
 
     def decoder_layers(self, model: Any) -> list[Any]:
         return list(get_path(getattr(model, "base_model", model), self.layers))

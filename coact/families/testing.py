@@ -37,6 +37,12 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     "phi": dict(_COMMON, num_key_value_heads=HEADS),
     "gemma2": dict(_COMMON, sliding_window=16),
     "gemma3_text": dict(_COMMON, sliding_window=16),
+    # Mixture-of-experts: 4 experts of 32 neurons, top-2 routing (Qwen2-MoE: plus a resident shared expert).
+    "mixtral": dict(_COMMON, num_local_experts=4, num_experts_per_tok=2, intermediate_size=FFN // 2),
+    "qwen2_moe": dict(_COMMON, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=FFN // 2,
+                      shared_expert_intermediate_size=48),
+    "qwen3_moe": dict(_COMMON, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=FFN // 2),
+    "olmoe": dict(_COMMON, num_experts=4, num_experts_per_tok=2, intermediate_size=FFN // 2),
 }
 
 
