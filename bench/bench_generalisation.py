@@ -21,7 +21,9 @@ Phases (per regime):
 4. *Device* (``--real``): the run-objective layout vs the device-cost layout of the same statistics, modelled
    (runtime.replay.simulate with the measured cost model) and measured (packs + O_DIRECT replay, threads:16).
 
-Outputs: bench/results/generalisation.json, generalisation.md, generalisation.png.
+Outputs: bench/results/generalisation.json, generalisation.md, generalisation.png. The further approaches against
+the missed targets (shrinkage oracle, token budget, per-layer max-min weights, device cost at 20 s, page phase) are
+in bench/gen_targets.py -> bench/results/generalisation_targets.md.
 Run: nice -n 10 .venv/bin/python bench/bench_generalisation.py [--profile-tokens 8192 --heldout-tokens 2048]
 (the activations are captured once by bench/gen_capture.py into bench/out/generalisation/).
 """

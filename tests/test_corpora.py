@@ -148,3 +148,34 @@ def test_stats_merge_weights(tmp_path) -> None:
     res = runner.invoke(app, ["stats-merge", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "x"),
                               "--weights", "1"])
     assert res.exit_code == 2 and "one non-negative integer per input" in res.output
+
+
+def test_domain_sample_is_committed_with_its_shape() -> None:
+    from coact.corpora.sample import HELDOUT_TOKENS, LAYERS, PROFILE_TOKENS, load_domain_sample
+
+    s = load_domain_sample("sample")
+    assert s.domains == list(CORPORA) and s.layers == LAYERS and s.n_neurons == 1536
+    for d in CORPORA:
+        assert s.profile[d].shape == (PROFILE_TOKENS, len(LAYERS), 192) and s.profile[d].dtype == np.uint8
+        assert s.heldout[d].shape == (HELDOUT_TOKENS, len(LAYERS), 192)
+    assert s.operating_point["budget"] == 0.2 and "sample data" in s.describe()
+    with pytest.raises(CorpusError):
+        load_domain_sample("gpu")
+
+
+def test_domain_sample_build_cuts_layers_and_tokens(tmp_path) -> None:
+    from coact.corpora.sample import build
+
+    rng = np.random.default_rng(0)
+    src = {d: {k: rng.integers(0, 256, (20, 5, 192), dtype=np.uint8) for k in ("b20_profile", "b20_heldout")}
+           for d in CORPORA}
+    for d, arrs in src.items():
+        np.savez(tmp_path / f"acts_{d}_20_20.npz", **arrs)
+    p = build(tmp_path, tmp_path / "out", layers=(1, 3), P=8, H=4)
+    z = np.load(p)
+    for d in CORPORA:
+        assert np.array_equal(z[f"{d}_profile"], src[d]["b20_profile"][:8][:, [1, 3]])
+        assert np.array_equal(z[f"{d}_heldout"], src[d]["b20_heldout"][:4][:, [1, 3]])
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["layers"] == [1, 3]
+    with pytest.raises(CorpusError):
+        build(tmp_path / "missing", tmp_path / "o2")

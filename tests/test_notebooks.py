@@ -46,6 +46,9 @@ FIGURES = {
         "04_synth_fit.png",
         "04_synth_structure.png",
     ],
+    "05_generalisation.ipynb": [
+        "05_leave_one_domain_out.png",
+    ],
 }
 # Figures a notebook writes only when the runtime provides what they show (guarded in the notebook).
 OPTIONAL = {"02_dram_budget.png": "runtime.pipelines"}
@@ -82,6 +85,7 @@ def _module_exists(name: str) -> bool:
     pytest.param("02_solver_comparison.ipynb", marks=pytest.mark.disk),  # real O_DIRECT replay
     "03_accuracy.ipynb",
     "04_scale.ipynb",
+    "05_generalisation.ipynb",
 ])
 def test_notebook_runs_clean_and_writes_figures(name: str, tmp_path: Path, jupyter_path: Path) -> None:
     work = tmp_path / "run"

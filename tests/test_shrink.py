@@ -1,6 +1,7 @@
 """Weighted mixtures, shrinkage toward independence and the held-out choices of coact/shrink.py (issue 13)."""
 from __future__ import annotations
 
+import json
 from math import comb
 
 import numpy as np
@@ -8,8 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coact.shrink import (ShrinkError, choose_alpha, layer_counts, mean_run_length, mixture,
-                          pair_loglik, run_stats, shrink, shrunk_graphs, simplex_grid, to_graph, worst_case_weights)
+from coact.shrink import (ShrinkError, ShrunkStats, choose_alpha, choose_strength, layer_counts, maxmin_weights,
+                          mean_run_length, mixture, pair_loglik, parse_strength, run_stats, shrink, shrunk_graphs,
+                          simplex_grid, solve_shrunk, to_graph, worst_case_weights)
 from common.bits import pack_bits
 from solvers import get_solver
 
@@ -129,3 +131,81 @@ def test_shrunk_graphs_of_statistics() -> None:
     st_ = CoactStats(freq=x.sum(0), coact=[x[:, l].T @ x[:, l] for l in range(2)], n_tokens=100)
     gs = list(shrunk_graphs(st_, 0.5))
     assert len(gs) == 2 and gs[1].meta["alpha"] == 0.5 and gs[0].n == 64
+
+
+# ------------------------------------------------------------------------------ max-min weights, `solve --shrink`
+def test_maxmin_weights_balance_the_worst_domain() -> None:
+    # domain d's score grows with its own weight at rate c_d: the max-min point gives w_d proportional to 1 / c_d
+    c = np.array([1.0, 2.0, 4.0])
+
+    def score(w):
+        return list(np.asarray(w) * c)
+
+    w, worst, path = maxmin_weights(score, 3, step=0.25, min_step=0.01, max_evals=200)
+    target = (1 / c) / (1 / c).sum()
+    assert np.allclose(w, target, atol=0.03) and abs(sum(w) - 1) < 1e-5 and min(w) >= 0  # 6 decimals
+    assert worst == pytest.approx(min(np.asarray(w) * c)) and worst >= min(score([1 / 3] * 3))
+    assert [p[1] for p in path] == sorted(p[1] for p in path)  # only improving moves are accepted
+    grid_best, table = worst_case_weights(score, 3, step=0.25)
+    assert worst >= min(table[grid_best]) - 1e-9  # the ascent is at least as good as the coarse grid
+    # with a reference, the worst *ratio* is maximised: equal references change nothing
+    w2, _, _ = maxmin_weights(score, 3, reference=[2.0, 2.0, 2.0], step=0.25, min_step=0.01, max_evals=200)
+    assert np.allclose(w2, w)
+
+
+def _dense_stats(seed: int, T: int, n: int = 64, L: int = 2):
+    from coact.stats import CoactStats
+    from common.bits import unpack_bits
+
+    pk = np.stack([_planted(seed + l, T, n) for l in range(L)], axis=1)
+    x = np.stack([unpack_bits(pk[:, l], n) for l in range(L)], axis=1).astype(np.int64)
+    st_ = CoactStats(freq=x.sum(0), coact=[x[:, l].T @ x[:, l] for l in range(L)], n_tokens=T,
+                     meta={"model_id": "m"})
+    return st_, pk
+
+
+def test_shrunk_stats_feed_the_unchanged_solve_path(tmp_path) -> None:
+    from coact.graph import layer_graph
+    from runtime.layout import load_layout
+
+    st_, _ = _dense_stats(20, 150)
+    sh = ShrunkStats(st_, 0.5)
+    f, c, T = st_.layer(1)
+    want = to_graph(shrink(layer_counts(_planted(21, 150), 64), 0.5))
+    g = layer_graph(sh, 1)
+    assert np.array_equal(g.counts.toarray(), want.counts.toarray()) and np.array_equal(g.freq, want.freq)
+    assert sh.digest == st_.digest and sh.meta["shrink_alpha"] == 0.5
+    res, alpha, scores = solve_shrunk(st_, ["ripple"], tmp_path / "lay", shrink="0.5", progress=False)
+    assert alpha == 0.5 and scores == {}
+    lay = load_layout(tmp_path / "lay" / "ripple.safetensors")
+    assert lay.n_layers == 2 and np.array_equal(lay.perms[1], get_solver("ripple").solve(g, seed=1))
+    for bad in ("-1", "x"):
+        with pytest.raises(ShrinkError):
+            parse_strength(bad)
+    with pytest.raises(ShrinkError, match="--validation"):
+        solve_shrunk(st_, ["ripple"], None, shrink="auto", progress=False)
+
+
+def test_shrink_auto_is_chosen_on_validation_tokens() -> None:
+    st_, _ = _dense_stats(30, 25)  # few profiling tokens: noisy pairs
+    _, val = _dense_stats(30, 300)  # same planted structure, other tokens
+    best, scores = choose_strength(st_, val, alphas=(0.0, 0.3, 3.0))
+    assert set(scores) == {0.0, 0.3, 3.0} and scores[best] == max(scores.values())
+    res, alpha, sc = solve_shrunk(st_, ["ripple"], None, shrink="auto", validation=val, progress=False)
+    assert sc and alpha in sc and sc[alpha] == max(sc.values())
+
+
+def test_solve_cli_shrink(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from coact.cli import app
+
+    st_, val = _dense_stats(40, 120)
+    st_.save(tmp_path / "s")
+    r = CliRunner().invoke(app, ["solve", str(tmp_path / "s"), "--shrink", "0.3", "--out", str(tmp_path / "l"),
+                                 "--json"])
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.stdout)
+    assert rows[0]["shrink"] == 0.3 and (tmp_path / "l" / "ripple.safetensors").is_file()
+    r = CliRunner().invoke(app, ["solve", str(tmp_path / "s"), "--shrink", "auto", "--out", str(tmp_path / "l")])
+    assert r.exit_code == 2 and "--validation" in r.output

@@ -17,6 +17,9 @@ shared corpora folder.
 Parts: ``NAME@profile`` is the text before the first paragraph break at or after :data:`PROFILE_SHARE` (80 %) of
 the characters, ``NAME@heldout`` the rest. The split is made in the text, not in tokens, so it is the same for every
 tokenizer and never overlaps: profile on ``@profile``, evaluate on ``@heldout``.
+
+:mod:`coact.corpora.sample` holds a small committed sample of every corpus's activations at the +20 % perplexity
+operating point (``data/sample_domains``, two layers) for notebook 05 and its test.
 """
 from __future__ import annotations
 
