@@ -8,16 +8,20 @@ Steps (each in a fresh child process, so its peak memory is its own):
    (a lower bound of the full objective: dropped pairs count 0);
 4. ``bound``   — the proven upper bound on the FULL graphs from the candidate graphs (solvers.bounds), and the gap
    of each solver to it;
+4b. ``bound-exact`` — the exact-count certificate (``solvers.bounds``, ``exact=``): each layer recounted from the
+   trace in a worker and the LP priced against every pair (``--bound-layers`` for the first layers only);
 5. ``pack``    — a pack of the best layout with seeded synthetic weights at ``--d-model`` (fp16 up-down bundles:
    16 KiB at d_model 4,096), then deleted unless ``--keep-pack``;
 6. ``replay``  — real O_DIRECT replay of ``--replay-tokens`` tokens of the trace against the pack (plus the I/O-free
    simulation of ``--sim-tokens`` tokens);
-7. ``ray``     — the solve step of ``--ray-solver`` with Ray on 1 and on 2 local CPUs (speedup; Ray start excluded);
+7. ``ray``     — the solve step of ``--ray-solver`` on 1 and 2 workers, Ray and the local pool, interleaved and
+   repeated ``--ray-repeats`` times (worker start excluded), with the load next to each time;
 8. ``solve70b`` — Ripple on ``--big-layers`` x ``--big-n`` candidate graphs (planted chains + noise built in the
    workers, k = ``--top-k`` partners per neuron), through the local executor.
 
-Per step: wall time and peak RSS — of the step's process and of its whole process tree (pool/Ray workers
-included, sampled every 0.2 s with psutil). Progress bars with an ETA on stderr (rich). Results go to
+Per step: wall time, CPU seconds (the step and its reaped pool workers), the 1-minute load before and after, and
+peak RSS — of the step's process and of its whole process tree (pool/Ray workers included, sampled every 0.2 s with
+psutil; the tree sum counts a memory-mapped trace once per worker). Progress bars with an ETA on stderr (rich). Results go to
 ``bench/results/scale.json`` and ``bench/results/scale.md``.
 
 Run (the machine is shared: nice):
@@ -42,7 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # the repo, tests/ (synthetic graphs) and bench/ itself: workers (pool, Ray) import this module as `bench_scale`
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]
 
-ALL_STEPS = ["synth", "stats", "solve", "bound", "pack", "replay", "ray", "solve70b"]
+ALL_STEPS = ["synth", "stats", "solve", "bound", "bound-exact", "pack", "replay", "ray", "solve70b"]
 
 
 # ------------------------------------------------------------------------------------------------ measurement
@@ -69,8 +73,10 @@ def _child(fn: Callable[..., dict], args: tuple, q: Any) -> None:
     sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]
     try:
         out = fn(*args)
-        self_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        q.put({"ok": True, "result": out, "self_peak_rss": self_rss})
+        me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        # CPU seconds of the step and of its reaped children (pool workers; not Ray's, which Ray itself starts)
+        cpu = me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+        q.put({"ok": True, "result": out, "self_peak_rss": me.ru_maxrss * 1024, "cpu_seconds": round(cpu, 1)})
     except BaseException as e:  # report, the parent records the failure
         import traceback
 
@@ -82,6 +88,7 @@ def run_step(name: str, fn: Callable[..., dict], *args: Any) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     p = ctx.Process(target=_child, args=(fn, args, q))
+    load0 = os.getloadavg()
     t0 = time.perf_counter()
     p.start()
     peak = [0]
@@ -106,7 +113,9 @@ def run_step(name: str, fn: Callable[..., dict], *args: Any) -> dict[str, Any]:
     stop.set()
     th.join()
     row = {"step": name, "seconds": round(secs, 2), "peak_rss_tree_gib": round(peak[0] / 2**30, 3),
-           "peak_rss_self_gib": round(msg.get("self_peak_rss", 0) / 2**30, 3), "ok": msg["ok"]}
+           "peak_rss_self_gib": round(msg.get("self_peak_rss", 0) / 2**30, 3), "ok": msg["ok"],
+           "cpu_seconds": msg.get("cpu_seconds"), "load_1min_before": round(load0[0], 2),
+           "load_1min_after": round(os.getloadavg()[0], 2)}
     if msg["ok"]:
         row.update(msg["result"] or {})
     else:
@@ -193,14 +202,14 @@ def _full_objectives(wd: str, perms: list) -> list[int]:
     return out
 
 
-def step_solve(wd: str, solver: str, executor: str, time_limit: float | None) -> dict:
+def step_solve(wd: str, solver: str, executor: str, time_limit: float | None, n_layers: int | None = None) -> dict:
     import numpy as np
 
     from coact.progress import bars
     from solvers.base import solve_layers
 
     sd = str(Path(wd) / "stats")
-    L = _n_layers(sd)
+    L = min(_n_layers(sd), n_layers or 10**9)
     t0 = time.perf_counter()
     res = solve_layers([_layer_loader(sd, l) for l in range(L)], solver, time_limit=time_limit, executor=executor,
                        progress=bars(True), n_layers=L)
@@ -208,20 +217,64 @@ def step_solve(wd: str, solver: str, executor: str, time_limit: float | None) ->
     np.save(Path(wd) / f"perms_{solver}.npy", np.stack(res.perms))
     obj = _objectives(sd, res.perms)
     full = _full_objectives(wd, res.perms)
-    return {"solver": solver, "solve_seconds": round(secs, 2), "sum_layer_seconds": round(sum(res.seconds), 2),
-            "objective_candidate": int(sum(obj)), "objective_full": int(sum(full)), "objective_per_layer": obj}
+    return {"solver": solver, "layers": L, "solve_seconds": round(secs, 2),
+            "sum_layer_seconds": round(sum(res.seconds), 2), "objective_candidate": int(sum(obj)), "objective_full": int(sum(full)), "objective_per_layer": obj,
+            "objective_full_per_layer": full}
 
 
-def step_bound(wd: str, executor: str, time_limit: float) -> dict:
+def step_bound(wd: str, executor: str, time_limit: float, n_layers: int | None = None) -> dict:
     from coact.progress import bars
     from solvers.bounds import bound_layers, degree_bound
 
     sd = str(Path(wd) / "stats")
-    L = _n_layers(sd)
+    L = min(_n_layers(sd), n_layers or 10**9)
     b = bound_layers([_layer_loader(sd, l) for l in range(L)], executor=executor, progress=bars(True),
                      n_layers=L, time_limit=time_limit)
     deg = [degree_bound(_load_layer_graph(sd, l)) for l in range(L)]
     return {"bound": float(sum(b)), "bound_per_layer": b, "degree_bound": float(sum(deg))}
+
+
+def _exact_bound_job(job: tuple) -> dict:
+    """One layer's exact-count certificate (solvers.bounds, ``exact=``): the layer's full counts are recounted from
+    the trace in the worker (coact.stats.count_layer with top_k=None; ~N^2 x 4 bytes, never a CSR of all pairs)."""
+    from coact.stats import LayerJob, count_layer
+
+    from solvers.bounds import solve_two_matching_lp
+
+    wd, layer, stop, time_limit = job
+    g = _load_layer_graph(str(Path(wd) / "stats"), layer)
+    t0 = time.perf_counter()
+    C = count_layer(LayerJob(str(Path(wd) / "trace"), layer, 0, stop, g.n, None))["coact"]
+    t1 = time.perf_counter()
+    res = solve_two_matching_lp(g, exact=C, time_limit=time_limit)
+    return {"bound": float(res.bound), "count_s": round(t1 - t0, 2), "lp_s": round(time.perf_counter() - t1, 2),
+            "status": res.status, "rounds": res.rounds, "lp_columns": res.n_active,
+            "edges_priced_in": int(res.edges.u.size - g.n_edges)}
+
+
+def step_bound_exact(wd: str, executor: str, time_limit: float, n_layers: int | None) -> dict:
+    """The exact-count certificate of every layer (or the first ``n_layers``) through the executor."""
+    import bench_scale
+    from coact.progress import bars
+    from common.executors import get_executor
+
+    sd = str(Path(wd) / "stats")
+    L = min(_n_layers(sd), n_layers or 10**9)
+    rng = Path(wd) / "stats_tokens.json"
+    stop = json.loads(rng.read_text())["stop"] if rng.exists() else _trace_tokens(wd)
+    ex = get_executor(executor)
+    try:
+        rows = ex.map(bench_scale._exact_bound_job, [(wd, l, stop, time_limit) for l in range(L)],
+                      progress=bars(True), description="exact bound", total=L)
+    finally:
+        ex.close()
+    return {"layers": L, "bound_exact": float(sum(r["bound"] for r in rows)), "per_layer": rows}
+
+
+def _trace_tokens(wd: str) -> int:
+    from coact.trace import Trace
+
+    return Trace.load(Path(wd) / "trace").n_tokens
 
 
 def step_pack(wd: str, solver: str, d_model: int) -> dict:
@@ -272,31 +325,46 @@ def _warm(i: int) -> int:
     return i
 
 
-def step_ray(wd: str, solver: str, time_limit: float | None) -> dict:
+def step_ray(wd: str, solver: str, time_limit: float | None, repeats: int = 3, n_layers: int | None = None) -> dict:
+    """The solve step of ``solver`` on 1 and 2 workers, Ray and the local pool, interleaved and repeated: on a shared
+    machine only runs that see the same background load can be compared, so every repetition runs ray:1, ray:2,
+    local:1, local:2 back to back (order reversed every other repetition) and reports the load with each time."""
+    import numpy as np
+
+    import bench_scale
     from common.executors import get_executor
     from solvers.base import solve_layers
 
     sd = str(Path(wd) / "stats")
-    L = _n_layers(sd)
-    out = {}
-    perms = {}
-    for w in (1, 2):
-        ex = get_executor(f"ray:{w}")
-        try:
-            import bench_scale
-
-            ex.map(bench_scale._warm, range(2 * w))  # start every worker and load the solvers before timing
-            t0 = time.perf_counter()
-            res = solve_layers([_layer_loader(sd, l) for l in range(L)], solver, time_limit=time_limit, executor=ex)
-            out[f"ray{w}_seconds"] = round(time.perf_counter() - t0, 2)
-            perms[w] = res.perms
-        finally:
-            ex.close()
-    import numpy as np
-
-    out["speedup"] = round(out["ray1_seconds"] / out["ray2_seconds"], 3)
-    out["identical"] = all(np.array_equal(a, b) for a, b in zip(perms[1], perms[2]))
-    out["solver"] = solver
+    L = min(_n_layers(sd), n_layers or 10**9)
+    specs = ["ray:1", "ray:2", "local:1", "local:2"]
+    runs: list[dict] = []
+    perms: dict[str, list] = {}
+    for rep in range(int(repeats)):
+        for spec in (specs if rep % 2 == 0 else specs[::-1]):
+            ex = get_executor(spec)
+            try:
+                ex.map(bench_scale._warm, range(2 * ex.workers))  # start every worker, load the solvers first
+                load0 = os.getloadavg()[0]
+                t0 = time.perf_counter()
+                res = solve_layers([_layer_loader(sd, l) for l in range(L)], solver, time_limit=time_limit,
+                                   executor=ex)
+                runs.append({"rep": rep, "executor": spec, "seconds": round(time.perf_counter() - t0, 2),
+                             "sum_layer_seconds": round(sum(res.seconds), 2), "load_before": round(load0, 2),
+                             "load_after": round(os.getloadavg()[0], 2)})
+                perms.setdefault(spec, res.perms)
+            finally:
+                ex.close()
+    out: dict[str, Any] = {"solver": solver, "layers": L, "runs": runs}
+    for kind in ("ray", "local"):
+        ratios = []
+        for rep in range(int(repeats)):
+            t = {r["executor"]: r["seconds"] for r in runs if r["rep"] == rep}
+            ratios.append(round(t[f"{kind}:1"] / t[f"{kind}:2"], 3))
+        out[f"{kind}_speedups"] = ratios
+        out[f"{kind}_speedup_median"] = float(np.median(ratios))
+    ref = perms["ray:1"]
+    out["identical"] = all(all(np.array_equal(a, b) for a, b in zip(ref, p)) for p in perms.values())
     return out
 
 
@@ -329,19 +397,34 @@ def markdown(rows: list[dict], cfg: dict) -> str:
              f"(statistics on {cfg.get('stats_tokens') or cfg['tokens']:,}), "
              f"top-k {cfg['top_k']}, executor {cfg['executor']}, d_model {cfg['d_model']} "
              f"(`{cfg['command']}`; 2 cores shared with other agents, times are upper bounds).", "",
-             "| step | wall s | peak RSS (tree) GiB | peak RSS (step process) GiB | notes |", "|---|---:|---:|---:|---|"]
-    bound = next((r.get("bound") for r in rows if r["step"] == "bound" and r["ok"]), None)
+             "| step | wall s | CPU s | load (1 min, before/after) | peak RSS (tree) GiB | peak RSS (step process) GiB "
+             "| notes |", "|---|---:|---:|---|---:|---:|---|"]
+    brow = next((r for r in rows if r["step"] == "bound" and r["ok"]), None)
+    bound = None
+    exact = next((r for r in rows if r["step"] == "bound-exact" and r["ok"]), None)
     for r in rows:
         note = ""
         if not r["ok"]:
             note = "FAILED: " + r.get("error", "")[:120]
         elif r["step"].startswith("solve:"):
             obj, full = r["objective_candidate"], r.get("objective_full", 0)
+            if brow:  # the bound over the same layers as the solve
+                bound = float(sum(brow["bound_per_layer"][:r.get("layers", len(brow["bound_per_layer"]))]))
             note = (f"solve {r['solve_seconds']} s; objective {full:,} on all pairs (exact, from the trace), "
                     f"{obj:,} on candidate pairs"
                     + (f"; gap to the proven bound {100 * (bound - full) / bound:.1f} %" if bound else ""))
+            if exact and r.get("objective_full_per_layer"):
+                m = min(exact["layers"], len(r["objective_full_per_layer"]))
+                eb = sum(x["bound"] for x in exact["per_layer"][:m])
+                of = sum(r["objective_full_per_layer"][:m])
+                note += f"; gap to the exact-count certificate (layers 0-{m - 1}) {100 * (eb - of) / eb:.2f} %"
         elif r["step"] == "bound":
-            note = f"bound {r['bound']:,.0f} (degree bound {r['degree_bound']:,.0f})"
+            note = (f"bound {r['bound']:,.0f} over {len(r['bound_per_layer'])} layers "
+                    f"(degree bound {r['degree_bound']:,.0f})")
+        elif r["step"] == "bound-exact":
+            pl = r["per_layer"]
+            note = (f"exact-count certificate of {r['layers']} layers: {r['bound_exact']:,.0f} (recount + LP, "
+                    f"summed over layers: {sum(x['count_s'] for x in pl):.0f} s + {sum(x['lp_s'] for x in pl):.0f} s)")
         elif r["step"] == "pack":
             note = f"{r['pack_bytes'] / 1e9:.2f} GB, layout {r['layout']}"
         elif r["step"] == "replay":
@@ -350,13 +433,19 @@ def markdown(rows: list[dict], cfg: dict) -> str:
                     f"{(rp['bytes_read_per_token'] or 0) / 2**20:.1f} MiB/token, p50 {rp['latency_ms_p50']} ms; "
                     f"bundle {r['bundle_bytes']} B")
         elif r["step"] == "ray":
-            note = (f"{r['solver']}: 1 CPU {r['ray1_seconds']} s, 2 CPUs {r['ray2_seconds']} s, speedup "
-                    f"{r['speedup']}x, identical {r['identical']}")
+            note = (f"{r['solver']} on {r['layers']} layers, 2 workers vs 1 per repetition: Ray "
+                    f"{', '.join(f'{x}x' for x in r['ray_speedups'])} (median {r['ray_speedup_median']}x), local "
+                    f"{', '.join(f'{x}x' for x in r['local_speedups'])} (median {r['local_speedup_median']}x); "
+                    "runs (s, load): " + "; ".join(f"{x['executor']} {x['seconds']} ({x['load_before']})"
+                                                   for x in r["runs"]) + f"; identical {r['identical']}")
         elif r["step"] == "solve70b":
             note = f"ripple {r['shape']} (k={r['top_k']}), sum of per-layer solve {r['sum_ripple_seconds']} s"
         elif "note" in r:
             note = r["note"]
-        lines.append(f"| {r['step']} | {r['seconds']} | {r['peak_rss_tree_gib']} | {r['peak_rss_self_gib']} | {note} |")
+        cpu = r.get("cpu_seconds")
+        load = (f"{r['load_1min_before']} / {r['load_1min_after']}" if "load_1min_before" in r else "")
+        lines.append(f"| {r['step']} | {r['seconds']} | {cpu if cpu is not None else ''} | {load} "
+                     f"| {r['peak_rss_tree_gib']} | {r['peak_rss_self_gib']} | {note} |")
     return "\n".join(lines) + "\n"
 
 
@@ -373,10 +462,15 @@ def main() -> None:
     ap.add_argument("--solver", action="append", default=None)
     ap.add_argument("--time-limit", type=float, default=20.0, help="Seconds per layer for searching solvers.")
     ap.add_argument("--bound-time-limit", type=float, default=120.0)
+    ap.add_argument("--solve-layers", type=int, default=None, help="solve: only the first layers.")
+    ap.add_argument("--bound-layers", type=int, default=None,
+                    help="bound-exact: only the first layers (the certificate recounts each layer from the trace)")
     ap.add_argument("--replay-tokens", type=int, default=16)
     ap.add_argument("--sim-tokens", type=int, default=2000)
     ap.add_argument("--ray-solver", default="local-search",
                     help="Solver of the Ray step (deterministic when it converges within --time-limit).")
+    ap.add_argument("--ray-repeats", type=int, default=3, help="Interleaved repetitions of the ray step.")
+    ap.add_argument("--ray-layers", type=int, default=None, help="Ray step: only the first layers.")
     ap.add_argument("--big-layers", type=int, default=80)
     ap.add_argument("--big-n", type=int, default=28672)
     ap.add_argument("--steps", default=",".join(ALL_STEPS))
@@ -416,14 +510,19 @@ def main() -> None:
         rows.append(run_step("stats", step_stats, str(wd), a.top_k, a.executor, a.stats_tokens)); save()
     if "solve" in steps:
         for s in solvers:
-            rows.append(run_step(f"solve:{s}", step_solve, str(wd), s, a.executor, a.time_limit)); save()
+            rows.append(run_step(f"solve:{s}", step_solve, str(wd), s, a.executor, a.time_limit, a.solve_layers))
+            save()
     if "bound" in steps:
-        rows.append(run_step("bound", step_bound, str(wd), a.executor, a.bound_time_limit)); save()
-        b = rows[-1].get("bound")
+        rows.append(run_step("bound", step_bound, str(wd), a.executor, a.bound_time_limit, a.bound_layers)); save()
+        bl = rows[-1].get("bound_per_layer")
         for r in rows:
-            if r["step"].startswith("solve:") and r["ok"] and b:
+            if r["step"].startswith("solve:") and r["ok"] and bl:
+                b = float(sum(bl[:r.get("layers", len(bl))]))
                 r["gap_percent"] = round(100 * (b - r.get("objective_full", r["objective_candidate"])) / b, 3)
         save()
+    if "bound-exact" in steps:
+        rows.append(run_step("bound-exact", step_bound_exact, str(wd), a.executor, a.bound_time_limit,
+                             a.bound_layers)); save()
     best = max((r for r in rows if r["step"].startswith("solve:") and r["ok"]),
                key=lambda r: r["objective_candidate"], default=None)
     if "pack" in steps:
@@ -433,7 +532,7 @@ def main() -> None:
     if "pack" in steps and not a.keep_pack and (wd / "scale.pack").exists():  # only a pack this run wrote
         (wd / "scale.pack").unlink()
     if "ray" in steps:
-        rows.append(run_step("ray", step_ray, str(wd), a.ray_solver, a.time_limit)); save()
+        rows.append(run_step("ray", step_ray, str(wd), a.ray_solver, a.time_limit, a.ray_repeats, a.ray_layers)); save()
     if "solve70b" in steps:
         rows.append(run_step("solve70b", step_solve70b, a.big_layers, a.big_n, a.top_k, a.executor)); save()
     save()

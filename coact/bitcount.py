@@ -10,7 +10,12 @@ all the way, no 2^24 flush).
 
 Layout: the trace stores one packed active set per token (token-major). :func:`transpose_bits` turns a block of
 tokens into neuron-major words (bit ``t % 64`` of word ``t // 64`` of row ``i`` = neuron i fired on token t);
-:func:`pair_counts` fills the upper triangle with a cache-blocked 4-row micro-kernel and mirrors it.
+:func:`pair_counts` fills the upper triangle with a cache-blocked 4 x 2 micro-kernel and mirrors it.
+
+Measured per 11,008-neuron layer of 100,000 tokens (one core, CPU seconds, under load): bit transpose 2.1 -> ~0.3
+(64-token tiles of 8 x 8 bit transposes), pair counts 14.2 -> ~11.7 (4 x 2 instead of 4 x 1 micro-kernel: the
+AND + ``vpopcntq`` + add loop already runs at ~2 cycles per 512-bit word pair, close to this core's vector
+throughput, so no blocking trick gives more than that), candidates 3.5, reading the layer out of the trace 2.2.
 :func:`candidates` keeps, per neuron, its top-k partners (by a score, raw count or normalised; only pairs that
 co-fire), takes the symmetric union and computes each neuron's best *excluded* count — with ``score="count"``
 exactly what ``solvers.graph.CoactGraph.candidate_graph`` computes from a complete graph, without ever building a
@@ -78,32 +83,102 @@ def _transpose_kernel(packed, n_neurons, out, t0):  # pragma: no cover - compile
                         out[i, w] |= bit
 
 
+@njit(cache=True, boundscheck=False, inline="always")
+def _transpose8(x):  # pragma: no cover - compiled
+    """Transpose the 8 x 8 bit matrix in ``x`` (byte r = row r, bit k = column k; Hacker's Delight 7-3)."""
+    t = (x ^ (x >> np.uint64(7))) & np.uint64(0x00AA00AA00AA00AA)
+    x = x ^ t ^ (t << np.uint64(7))
+    t = (x ^ (x >> np.uint64(14))) & np.uint64(0x0000CCCC0000CCCC)
+    x = x ^ t ^ (t << np.uint64(14))
+    t = (x ^ (x >> np.uint64(28))) & np.uint64(0x00000000F0F0F0F0)
+    return x ^ t ^ (t << np.uint64(28))
+
+
+@njit(cache=True, boundscheck=False)
+def _transpose_tiles(packed, n_neurons, out, t0):  # pragma: no cover - compiled
+    """The whole 64-token tiles of ``packed`` (``t0`` a multiple of 64): per byte column and tile, eight 8 x 8 bit
+    transposes give each of the column's 8 neurons one finished 64-bit word, so ``out`` gets one write per
+    (neuron, tile) instead of one read-modify-write per active bit (6x faster than :func:`_transpose_kernel` on a
+    10 %-dense 11,008-neuron trace). Returns the number of tokens done."""
+    T = packed.shape[0]
+    nb = packed.shape[1]
+    ntile = T // 64
+    xs = np.zeros(8, np.uint64)
+    for g in range(ntile):
+        r0 = g * 64
+        w = (t0 + r0) >> 6
+        for b in range(nb):
+            anyv = np.uint64(0)
+            for q in range(8):
+                x = np.uint64(0)
+                for r in range(8):
+                    x |= np.uint64(packed[r0 + 8 * q + r, b]) << np.uint64(8 * r)
+                if x != 0:
+                    x = _transpose8(x)
+                xs[q] = x
+                anyv |= x
+            if anyv == 0:
+                continue
+            base = b * 8
+            for k in range(8):
+                i = base + k
+                if i >= n_neurons:
+                    break
+                sh = np.uint64(8 * k)
+                word = np.uint64(0)
+                for q in range(8):
+                    word |= ((xs[q] >> sh) & np.uint64(0xFF)) << np.uint64(8 * q)
+                out[i, w] |= word
+    return ntile * 64
+
+
 def transpose_bits(packed: np.ndarray, n_neurons: int, out: np.ndarray, t0: int) -> None:
     """Add a block of token-major packed sets (uint8 [t, ceil(N/8)], little bit order, tokens ``t0..t0+t``) to the
-    neuron-major bitsets ``out`` (uint64 [padded_rows(N), n_words(T)], zero-initialised)."""
+    neuron-major bitsets ``out`` (uint64 [padded_rows(N), n_words(T)], zero-initialised). Whole 64-token tiles
+    starting at a multiple of 64 go through the bit-matrix transpose, the rest bit by bit (same result)."""
     p = np.ascontiguousarray(packed, dtype=np.uint8)
-    if p.shape[0]:
-        _transpose_kernel(p, int(n_neurons), out, int(t0))
+    if not p.shape[0]:
+        return
+    done = 0
+    if int(t0) % 64 == 0 and p.shape[0] >= 64:
+        done = int(_transpose_tiles(p, int(n_neurons), out, int(t0)))
+    if done < p.shape[0]:
+        _transpose_kernel(p[done:], int(n_neurons), out, int(t0) + done)
 
 
 @njit(cache=True, boundscheck=False, inline="always")
-def _dot4(a0, a1, a2, a3, b):  # pragma: no cover - compiled
-    s0 = np.uint64(0)
-    s1 = np.uint64(0)
-    s2 = np.uint64(0)
-    s3 = np.uint64(0)
-    for w in range(b.shape[0]):
-        x = b[w]
-        s0 += _popcnt64(a0[w] & x)
-        s1 += _popcnt64(a1[w] & x)
-        s2 += _popcnt64(a2[w] & x)
-        s3 += _popcnt64(a3[w] & x)
-    return s0, s1, s2, s3
+def _dot42(a0, a1, a2, a3, b0, b1):  # pragma: no cover - compiled
+    """popcount(a_r & b_c) summed over the words, for 4 rows x 2 columns (8 accumulators: each loaded word is used
+    2 or 4 times, 18 % faster than 4 x 1 on this core)."""
+    s00 = np.uint64(0)
+    s10 = np.uint64(0)
+    s20 = np.uint64(0)
+    s30 = np.uint64(0)
+    s01 = np.uint64(0)
+    s11 = np.uint64(0)
+    s21 = np.uint64(0)
+    s31 = np.uint64(0)
+    for w in range(b0.shape[0]):
+        x = b0[w]
+        y = b1[w]
+        p = a0[w]
+        s00 += _popcnt64(p & x)
+        s01 += _popcnt64(p & y)
+        p = a1[w]
+        s10 += _popcnt64(p & x)
+        s11 += _popcnt64(p & y)
+        p = a2[w]
+        s20 += _popcnt64(p & x)
+        s21 += _popcnt64(p & y)
+        p = a3[w]
+        s30 += _popcnt64(p & x)
+        s31 += _popcnt64(p & y)
+    return s00, s10, s20, s30, s01, s11, s21, s31
 
 
 @njit(cache=True, boundscheck=False)
 def _upper_kernel(B, C, TI, TJ, TW):  # pragma: no cover - compiled
-    """C[i, j] += popcount(B[i] & B[j]) for j >= i - 3 (4-row blocks; rows of B a multiple of 4)."""
+    """C[i, j] += popcount(B[i] & B[j]) for j >= i - 3 (4-row x 2-column blocks; rows of B a multiple of 4)."""
     N, W = B.shape
     for w0 in range(0, W, TW):
         w1 = min(W, w0 + TW)
@@ -116,12 +191,20 @@ def _upper_kernel(B, C, TI, TJ, TW):  # pragma: no cover - compiled
                     a1 = B[i + 1, w0:w1]
                     a2 = B[i + 2, w0:w1]
                     a3 = B[i + 3, w0:w1]
-                    for j in range(max(j0, i), j1):
-                        s0, s1, s2, s3 = _dot4(a0, a1, a2, a3, B[j, w0:w1])
-                        C[i, j] += s0
-                        C[i + 1, j] += s1
-                        C[i + 2, j] += s2
-                        C[i + 3, j] += s3
+                    j = max(j0, i)
+                    while j < j1:
+                        j2 = j + 1 if j + 1 < j1 else j  # odd tail: the second column repeats the first
+                        r = _dot42(a0, a1, a2, a3, B[j, w0:w1], B[j2, w0:w1])
+                        C[i, j] += r[0]
+                        C[i + 1, j] += r[1]
+                        C[i + 2, j] += r[2]
+                        C[i + 3, j] += r[3]
+                        if j2 != j:
+                            C[i, j2] += r[4]
+                            C[i + 1, j2] += r[5]
+                            C[i + 2, j2] += r[6]
+                            C[i + 3, j2] += r[7]
+                        j += 2
 
 
 @njit(cache=True, boundscheck=False)

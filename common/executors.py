@@ -23,6 +23,15 @@ inside :class:`RayExecutor`, so ``common`` still needs nothing but the standard 
 
 Why processes rather than threads: the per-layer kernels are numba/numpy loops that mostly hold the GIL (the greedy,
 union-find, local search), and HiGHS is called through scipy with the GIL held for its Python glue.
+
+**One thread per worker.** A worker runs one layer on one CPU, so every worker process (pool and local Ray) gets
+:data:`WORKER_THREAD_ENV` (OpenMP, OpenBLAS, MKL, numexpr, numba threads = 1) before it imports the job's modules, and
+torch's intra-op threads are set to 1 if torch is loaded: with N workers on N cores, a BLAS or ``prange`` call inside
+a job would otherwise start N threads per worker (N² threads fighting for N cores).
+
+**Measuring a speed-up on a shared machine.** The ratio of two wall times is only meaningful when both runs see the
+same background load: measure them interleaved and repeated (``bench/bench_scale.py --steps ray``), and report the
+load next to each number. Under a load of 15 on 2 cores, a per-layer CPU time of 0.5 s becomes 5 s of wall time.
 """
 from __future__ import annotations
 
@@ -37,9 +46,22 @@ from common.progress import ProgressFn, notify
 from common.registry import Registry
 
 __all__ = ["EXECUTORS", "Executor", "ExecutorError", "LocalExecutor", "RayExecutor", "SerialExecutor",
-           "executor_names", "get_executor"]
+           "WORKER_THREAD_ENV", "executor_names", "get_executor"]
 
 T = TypeVar("T")
+
+#: Environment of every worker process: one thread per library (see the module docstring).
+WORKER_THREAD_ENV = {k: "1" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                                      "NUMEXPR_NUM_THREADS", "NUMBA_NUM_THREADS")}
+
+
+def _worker_init() -> None:
+    """Pool worker initializer: one thread per library (libraries loaded later in the worker read the environment;
+    torch, if already loaded, is told directly)."""
+    os.environ.update(WORKER_THREAD_ENV)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(1)
 R = TypeVar("R")
 
 
@@ -153,7 +175,8 @@ class LocalExecutor(_Base):
 
     def _get_pool(self) -> cf.ProcessPoolExecutor:
         if self._pool is None:
-            self._pool = cf.ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"))
+            self._pool = cf.ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
+                                                initializer=_worker_init)
         return self._pool
 
     def map(self, fn: Callable[[T], R], items: Iterable[T], *, progress: ProgressFn | None = None,
@@ -195,7 +218,7 @@ class RayExecutor(_Base):
                 # a local instance's workers see this process's import path (as the spawn pool's do), so functions
                 # defined in scripts and test modules unpickle there too
                 path = [p for p in sys.path if p and os.path.isdir(p)]
-                kw["runtime_env"] = {"env_vars": {"PYTHONPATH": os.pathsep.join(path)}}
+                kw["runtime_env"] = {"env_vars": {"PYTHONPATH": os.pathsep.join(path), **WORKER_THREAD_ENV}}
             try:
                 ray.init(**kw)
             except (ConnectionError, RuntimeError, ValueError) as e:

@@ -8,7 +8,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from solvers.base import get_solver, objective
-from solvers.bounds import adjacency_upper_bound, degree_bound, excluded_correction
+from solvers.bounds import adjacency_upper_bound, degree_bound, excluded_correction, solve_two_matching_lp
+from solvers.errors import SolverError
 from solvers.graph import CoactGraph, GraphError
 
 try:
@@ -77,3 +78,47 @@ def test_gap_per_solver_on_candidate_graph(k):
             get_solver(name).solve(cg, seed=0)
         on_cand, on_full = objective(perm, cg), objective(perm, g)
         assert on_cand <= on_full <= full_b <= b
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(small_graphs(), st.integers(min_value=0, max_value=3), st.booleans(), st.sampled_from([0, 1, 4]))
+def test_exact_count_bound_at_least_full_optimum(g, k, cuts, price_r):
+    """The exact-count certificate (``exact=`` full matrix, pairs outside the LP priced from it) is still >= the
+    brute-force optimum of the FULL graph, whatever the candidate graph and however few pairs are priced per round."""
+    cg = g.candidate_graph(k)
+    full = g.counts.toarray().astype(np.uint32)
+    opt = brute_optimum(g)
+    b = solve_two_matching_lp(cg, k=2, cuts=cuts, exact=full, price_r=price_r).bound
+    assert opt <= b <= degree_bound(cg)
+
+
+def test_exact_count_bound_matches_dense_lp_on_flat_graph():
+    """A flat graph (every neuron's dropped partners as strong as its kept ones): 6 hubs co-fire ~100 times with
+    everyone, other pairs 1-3 times; each neuron keeps 3 hubs and its best dropped pair is another hub, so the
+    excluded_max bound must allow a path of ~100s, while a path can touch the hubs only 12 times. The exact-count
+    bound comes back to the dense LP bound (both proven, so neither is below the best solver's full objective)."""
+    rng = np.random.default_rng(5)
+    n = 80
+    c = np.triu(rng.integers(1, 4, size=(n, n)), 1)
+    c[:6, 6:] = rng.integers(95, 105, size=(6, n - 6))
+    full = c + c.T
+    g = CoactGraph.from_dense(full)
+    cg = g.candidate_graph(3)
+    dense = adjacency_upper_bound(g, time_limit=20)
+    cand = adjacency_upper_bound(cg, time_limit=20)
+    res = solve_two_matching_lp(cg, exact=full, time_limit=20)
+    best = max(objective(get_solver(s, time_limit=2.0).solve(cg, seed=0), g) for s in ("local-search", "path-cover"))
+    assert best <= dense <= res.bound < cand
+    assert res.bound <= dense * 1.01  # priced to the dense optimum (to the LP's tolerance)
+    assert res.edges.u.size > cg.n_edges  # pairs outside the candidate graph were priced in
+
+
+def test_exact_counts_must_match_the_graph():
+    g = CoactGraph.from_dense(np.array([[0, 3, 1], [3, 0, 2], [1, 2, 0]]))
+    cg = g.candidate_graph(1)
+    wrong = g.counts.toarray()
+    wrong[0, 1] = wrong[1, 0] = 4
+    with pytest.raises(SolverError):
+        solve_two_matching_lp(cg, exact=wrong)
+    with pytest.raises(SolverError):
+        solve_two_matching_lp(cg, exact=np.zeros((2, 2), dtype=np.int64))

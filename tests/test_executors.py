@@ -23,6 +23,14 @@ def _slow_square(x: int) -> int:
     return x * x
 
 
+def _thread_env(_: int) -> dict:
+    import os
+
+    from common.executors import WORKER_THREAD_ENV
+
+    return {k: os.environ.get(k) for k in WORKER_THREAD_ENV}
+
+
 def _boom(x: int) -> int:
     if x == 3:
         raise ValueError("item 3")
@@ -77,6 +85,12 @@ def test_map_in_input_order_with_progress(spec, local2):
     assert seen[0] == (0, 9) and seen[-1] == (9, 9) and len(seen) == 10
 
 
+def test_workers_run_one_thread_per_library(local2):
+    """Each worker runs one layer on one CPU: BLAS/OpenMP/numba pools of 1 thread (no N workers x N threads)."""
+    for env in local2.map(_thread_env, range(2)):
+        assert set(env.values()) == {"1"}
+
+
 def test_local_map_reraises_worker_error(local2):
     with pytest.raises(ValueError, match="item 3"):
         local2.map(_boom, range(6))
@@ -91,6 +105,7 @@ def test_solve_layers_local_identical_to_serial(graphs, serial_perms, local2):
 def test_ray_identical_to_serial(ray_executor, graphs, serial_perms):
     assert ray_executor.workers == 2
     assert ray_executor.map(_slow_square, range(7)) == [x * x for x in range(7)]
+    assert all(set(env.values()) == {"1"} for env in ray_executor.map(_thread_env, range(2)))
     with pytest.raises(ValueError, match="item 3"):
         ray_executor.map(_boom, range(6))
     for solver, want in serial_perms.items():
