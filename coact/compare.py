@@ -76,7 +76,8 @@ def compare_solvers(
     rows, reports, lays = [], {}, {}
     for spec, (layout, res) in layouts.items():
         obj = layout_objective(layout, stats)
-        rep = simulate(layout, heldout_packed, stats.n_neurons, bundle_bytes=bundle_bytes, collapse_gap=collapse_gap)
+        rep = simulate(layout, heldout_packed, stats.unit_widths, bundle_bytes=bundle_bytes,
+                       collapse_gap=collapse_gap)  # per unit: units of an MoE / mixed stack differ in width
         reports[spec], lays[spec] = rep, layout
         rows.append({
             "solver": spec,
@@ -141,8 +142,11 @@ def run_compare(
         get_solver(s)
     st = CoactStats.load(require(stats, "statistics"))
     tr = Trace.load(require(trace, "trace"))
-    if st.meta.get("model_id") != tr.model_id or st.n_neurons != tr.n_neurons:
+    if st.meta.get("model_id") != tr.model_id:
         raise CoactError(f"statistics are for {st.meta.get('model_id')!r}, trace is from {tr.model_id!r}")
+    if st.unit_widths != tr.unit_widths:
+        raise CoactError(f"statistics have {st.n_layers} units of widths {st.unit_widths[:8]}..., the trace "
+                         f"{tr.n_layers} of {tr.unit_widths[:8]}...: not the same model's units")
     bb = bundle_bytes(bundle, dtype, int(tr.meta["d_model"]))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -127,7 +127,8 @@ def run_pipelines(
         lay = load_layout(require(lp, "layout"))
         check_compatible(lay, tr)
         lays[name] = lay
-    lays.setdefault("identity", Layout.identity(tr.n_neurons, tr.n_layers, model_id=tr.model_id))
+    lays.setdefault("identity", Layout.identity(tr.unit_widths, model_id=tr.model_id,  # per unit (MoE, mixed)
+                                                units=tr.units if tr.has_units else None))
     pack_paths = {k: require(v, "pack file") for k, v in (packs or {}).items()}
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from coact.accuracy import OperatingPoint, allocated_operating_point, perplexity, uniform_operating_point
+from coact.accuracy import OperatingPoint, allocated_operating_point, calibration_activations, perplexity, \
+    uniform_operating_point
 from coact.corpus import load_text, text_digest, token_windows, tokenize
 from coact.errors import CoactError, TraceError
 from coact.export_model import MODEL_FORMATS, export_model
@@ -20,7 +21,7 @@ from coact.placement import layout_objective, solve_model
 from coact.progress import bars
 from coact.sparsify import get_sparsifier
 from coact.stats import CoactStats, StatsError, check_stats_output, compute_stats, count_stats
-from coact.trace import CaptureConfig, Trace, capture_trace, check_trace_output, forward_activations
+from coact.trace import CaptureConfig, Trace, capture_trace, check_trace_output
 from common.atomic import check_output
 from runtime.caches import CACHES, get_cache
 from runtime.layout import Layout, export_layout, load_layout, save_layout
@@ -403,7 +404,7 @@ def choose_operating_point(
     handle = _model(model)
     stream = tokenize(load_text(corpus), handle.tokenizer)
     windows = token_windows(stream, int(start), int(calib_tokens), int(ctx))
-    acts = forward_activations(handle, windows)
+    acts = calibration_activations(handle, windows)  # per unit; an expert's routed tokens only
     val = dict(start=int(start) + int(calib_tokens), tokens=int(validation_tokens), ctx=int(ctx))
     if allocation == "uniform":
         return uniform_operating_point(handle, stream, acts, float(max_ppl_increase), progress=bars(progress), **val)
@@ -452,7 +453,7 @@ def measure_perplexity(
         if start < calib_tokens:
             raise CoactError(f"evaluated tokens [{start}, {start + tokens}) overlap the calibration tokens "
                              f"[0, {calib_tokens}); use --start >= {calib_tokens} or --thresholds-from")
-        sp.calibrate(forward_activations(handle, token_windows(stream, 0, int(calib_tokens), int(ctx))))
+        sp.calibrate(calibration_activations(handle, token_windows(stream, 0, int(calib_tokens), int(ctx))))
     prog = bars(progress)
     out: dict[str, Any] = {"model_id": handle.model_id, "corpus": corpus, "token_start": start,
                            "n_tokens": int(tokens), "ctx": int(ctx),

@@ -9,6 +9,7 @@ stats -> solve -> pack -> replay.
 - The unit hooks' recomputed expert output equals the model's own (a mask that keeps everything changes nothing).
 - ``--expert-order coactivation`` (greedy path over co-routing counts) and the HF export per expert (logits within
   1e-5); GGUF export of an MoE layout is one line.
+- ``coact compare`` and the named pipelines on units of different widths.
 """
 from __future__ import annotations
 
@@ -20,10 +21,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from coact.compare import run_compare
 from coact.corpus import token_windows, tokenize
 from coact.export_model import ExportError, export_hf, export_model, read_model_layout
 from coact.families import FAMILIES
 from coact.families.testing import save_tiny
+from coact.flash import run_pipelines
 from coact.models import load_model
 from coact.stats import count_stats
 from coact.trace import FORMAT, Trace, TraceError, _features, content_digest, publish_trace
@@ -32,6 +35,7 @@ from common.bits import n_packed_bytes, pack_bits, unpack_bits
 from hypothesis import given, settings
 from hypothesis import strategies as hst
 
+from runtime.device import CostModel
 from runtime.layout import Layout, Unit, export_layout, load_layout, save_layout
 from runtime.pack import PackFile, expert_order, write_pack
 from runtime.replay import replay, simulate
@@ -338,3 +342,35 @@ def test_cli_expert_order_needs_a_trace(tmp_path):
     res = CliRunner().invoke(app, ["pack", "--layout", str(tmp_path / "l.st"), "--out", str(tmp_path / "p.pack"),
                                    "--model", str(folder), "--expert-order", "coactivation"])
     assert res.exit_code == 2 and "needs --trace" in res.output and not (tmp_path / "p.pack").exists()
+
+
+def test_compare_and_pipelines_on_units_of_different_widths(direct_io_dir):
+    """`coact compare` (solvers x baselines with the bound) and the named pipelines (`coact pipelines`,
+    `compare --real`) on a trace whose units differ in width: every layout, the built-in identity layout too,
+    has the trace's unit widths, and the replays count exactly the trace's active neurons."""
+    widths = [40, 24, 33]
+    tr, bits = _hand_trace(direct_io_dir / "trace", widths, T=160)
+    count(tr, direct_io_dir / "stats", stop=120, progress=False)
+    cmp, _ = run_compare(direct_io_dir / "stats", tr.path, out=direct_io_dir / "cmp", start=120,
+                         bound_time_limit=10, progress=False)
+    assert {r["solver"] for r in cmp.rows} == {"identity", "random", "frequency", "ripple"}
+    for r in cmp.rows:
+        assert cmp.layouts[r["solver"]].n_neurons == widths
+        assert cmp.reports[r["solver"]].active == int(bits[120:].sum())
+        assert r["objective"] <= r["bound"] + 1e-6
+    d = 8
+    rng = np.random.default_rng(2)
+    weights = [{"up": rng.standard_normal((n, d)).astype(np.float32),
+                "down": rng.standard_normal((d, n)).astype(np.float32)} for n in widths]
+    packs = {"identity": write_pack(direct_io_dir / "id.pack", lambda u: weights[u],
+                                    Layout.identity(widths, units=tr.units), d_model=d, dtype="fp32"),
+             "ripple": write_pack(direct_io_dir / "rip.pack", lambda u: weights[u], cmp.layouts["ripple"],
+                                  d_model=d, dtype="fp32")}
+    cm = CostModel(queue_depths=[1, 16], per_request_s=[80e-6, 12e-6], per_byte_s=[1e-9, 4e-10],
+                   latency_a_s=[80e-6, 100e-6], latency_b_s=[1e-9, 1e-9], seq_bandwidth=2e9)
+    cm.save(direct_io_dir / "cost.json")
+    res = run_pipelines(tr.path, layouts={"ripple": direct_io_dir / "cmp" / "layouts" / "ripple.safetensors"},
+                        packs=packs, pipelines=("dense", "llmflash", "ripple"), workdir=direct_io_dir / "work",
+                        cost=direct_io_dir / "cost.json", start=120, repeats=1)
+    rows = {r["pipeline"]: r for r in res["pipelines"]}
+    assert set(rows) == {"dense", "llmflash", "ripple"} and all(r["n_tokens"] == 40 for r in rows.values())
