@@ -19,6 +19,12 @@ this model's accuracy"). Per operating point:
 Then, at the +20 % point, the budget sweep (``--sweep``, default 0, 5, 10, 20, 40 % of the FFN bytes).
 Writes bench/results/online.json, online.md, online_sweep.png, online_accuracy_latency.png.
 
+``--workdir W`` caches each point's thresholds, perplexity, trace, layouts and packs (``point-TAG.json`` ...), so a
+before/after comparison reuses the very same files; ``--flash-kw '{"exact": false}'`` runs the compact FFN path;
+``--fio`` records one pipeline's request lists at ``--fio-point`` and replays them with fio
+(:func:`runtime.fio.compare_with_fio`); rounds alternate the pipeline order and log the load average.
+Results of this session: bench/results/online_targets.md.
+
 Usage: .venv/bin/python bench/bench_online.py [--tokens 16] [--repeats 2] [--budgets 0.05,0.2] [--stress 0.9]
 """
 from __future__ import annotations
@@ -42,11 +48,12 @@ from coact.models import load_model  # noqa: E402
 from coact.online import FlashModel  # noqa: E402
 from coact.online_pipelines import resolve_flash_pipeline  # noqa: E402
 from coact.sparsify import get_sparsifier  # noqa: E402
+from coact.trace import Trace  # noqa: E402
 from coact.workflow import bundle_bytes, capture, choose_operating_point, count, ensure_pack, \
     measure_perplexity, solve_layouts  # noqa: E402
 from runtime.device import CostModel  # noqa: E402
 from runtime.direct import direct_io_supported  # noqa: E402
-from runtime.layout import Layout  # noqa: E402
+from runtime.layout import Layout, load_layout, save_layout  # noqa: E402
 
 PIPES = ("dense", "llmflash", "ripple", "coact")
 LAYOUT_OF = {"dense": "identity", "llmflash": "identity", "ripple": "ripple", "coact": "best"}
@@ -58,10 +65,85 @@ def log(msg: str) -> None:
 
 
 def run_engine(pack: Path, h: Any, sp: Any, opts: dict[str, Any], *, budget: float, cm: CostModel,
-               prompt: list[int], tokens: int) -> dict[str, Any]:
-    with FlashModel(pack, h, sparsifier=sp, budget=budget, cost_model=cm, **opts) as fm:
+               prompt: list[int], tokens: int, flash_kw: dict[str, Any] | None = None,
+               read_log: list | None = None) -> dict[str, Any]:
+    kw = {**opts, **(flash_kw or {})}
+    with FlashModel(pack, h, sparsifier=sp, budget=budget, cost_model=cm, **kw) as fm:
+        if read_log is not None:
+            fm.reader.read_log = read_log  # every (offsets, sizes) batch the engine issues, in order
         fm.generate(prompt, tokens)
         return fm.report(skip=4)  # the first tokens warm the cache and the kernels
+
+
+def prepare_point(h: Any, args: Any, work: Path, label: str, spec: dict[str, Any], ident: Layout,
+                  id_pack: Path) -> dict[str, Any]:
+    """Operating point, profiling trace, perplexity, layouts and packs of one point; cached in the workdir
+    (``point-TAG.json``, the trace folder, layout files, packs), so repeated runs (before/after a change) use the
+    very same thresholds, layouts and packs."""
+    tag = label.replace(" ", "_").replace("%", "").replace("+", "p")
+    meta_f = work / f"point-{tag}.json"
+    trace_dir = work / f"trace-{label.replace(' ', '_').replace('%', '')}"
+    if meta_f.exists():
+        m = json.loads(meta_f.read_text())
+        log(f"  reusing {meta_f.name}")
+        tr = Trace.load(trace_dir)
+        lays = {"identity": ident, "ripple": load_layout(work / f"ripple-{tag}.layout"),
+                "best": load_layout(work / f"best-{tag}.layout")}
+    else:
+        if "budget" in spec:
+            op = choose_operating_point(h, args.corpus, spec["budget"], calib_tokens=1024, validation_tokens=1024,
+                                        progress=False)
+            thr, mean_sp = op.thresholds, op.mean_sparsity
+        else:
+            thr, mean_sp = None, spec["sparsity"]
+        sparsity = min(max(mean_sp, 0.01), 0.99)
+        tr = capture(h, args.corpus, trace_dir, tokens=args.profile, ctx=256, sparsity=sparsity, calib_tokens=1024,
+                     thresholds=thr, forward=args.forward, ppl_tokens=0, progress=False)
+        thr = tr.meta["sparsifier"]["thresholds"]
+        held = max(args.profile, 2048) + 512
+        acc = measure_perplexity(h, args.corpus, start=held, tokens=args.ppl_tokens, thresholds=thr,
+                                 sparsity=sparsity, progress=False)
+        st = count(tr, progress=False)
+        lays = {"identity": ident}
+        t0 = time.time()
+        lays["ripple"] = solve_layouts(st, ["ripple"], progress=False)["ripple"][0]
+        ripple_s = time.time() - t0
+        t0 = time.time()
+        lays["best"] = solve_layouts(st, [args.best_solver], time_limit=args.best_time_limit,
+                                     progress=False)[args.best_solver][0]
+        best_s = time.time() - t0
+        save_layout(lays["ripple"], work / f"ripple-{tag}.layout")
+        save_layout(lays["best"], work / f"best-{tag}.layout")
+        m = {"mean_sparsity": mean_sp, "sparsity": sparsity, "thresholds": thr, "acc": acc,
+             "ripple_solve_s": ripple_s, "best_solve_s": best_s}
+        meta_f.write_text(json.dumps(m, default=float))
+    packs = {"identity": id_pack,
+             "ripple": ensure_pack(h, lays["ripple"], work / f"ripple-{tag}.pack", dtype="fp16"),
+             "best": ensure_pack(h, lays["best"], work / f"best-{tag}.pack", dtype="fp16")}
+    return {**m, "trace": tr, "layouts": lays, "packs": packs}
+
+
+def fio_check(pack: Path, h: Any, sp: Any, opts: dict[str, Any], *, budget: float, cm: CostModel,
+              prompt: list[int], tokens: int, flash_kw: dict[str, Any] | None, engine: str,
+              repeats: int) -> dict[str, Any]:
+    """The engine's I/O on one run against fio on the same request lists: the run records every batch it
+    submits (prefetch and misses, in issue order) and its own I/O time; :func:`runtime.fio.compare_with_fio` then
+    issues the list standalone through the same engine (batched as in the run, and flat) and through fio at the same
+    queue depth (page cache dropped before each). ``in_run_over_fio``: the run's submit time / fio's time
+    (includes the CPU contention of the running model); ``batched_over_fio``: standalone, barriers per batch;
+    ``runtime_over_fio``: standalone, one flat list (like for like with fio). <= 1.25 means >= 0.8x fio's speed."""
+    from runtime.fio import compare_with_fio
+
+    batches: list = []
+    rep = run_engine(pack, h, sp, opts, budget=budget, cm=cm, prompt=prompt, tokens=tokens, flash_kw=flash_kw,
+                     read_log=batches)
+    name, _, qd = engine.partition(":")
+    res = compare_with_fio(pack, [(o, sz) for o, sz, _ in batches], engine=name, queue_depth=int(qd or 1),
+                           repeats=repeats)
+    res["run_io_s"] = sum(ns for _, _, ns in batches) / 1e9  # the engine's submit time inside the run
+    res["in_run_over_fio"] = res["run_io_s"] / res["fio_s"]["median"] if res["fio_s"]["median"] else None
+    res["tokens_run"] = rep["tokens"] + 4
+    return res
 
 
 def row_of(rep: dict[str, Any]) -> dict[str, Any]:
@@ -102,6 +184,14 @@ def main() -> None:
     ap.add_argument("--cost", default=None, help="cost model JSON (default: a quick profile in the workdir)")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "online.json"))
+    ap.add_argument("--flash-kw", default="", help="extra FlashModel keyword arguments as JSON, e.g. "
+                    "'{\"exact\": false}' (the k-sized compute path)")
+    ap.add_argument("--torch-threads", type=int, default=0, help="torch.set_num_threads for the run (0: leave)")
+    ap.add_argument("--fio", action="store_true", help="replay one pipeline's request lists with fio")
+    ap.add_argument("--fio-point", type=float, default=0.2, help="accuracy budget of the fio check")
+    ap.add_argument("--fio-pipeline", default="coact")
+    ap.add_argument("--fio-repeats", type=int, default=3)
+    ap.add_argument("--no-plot", action="store_true")
     args = ap.parse_args()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-online-", dir=ROOT))
     work.mkdir(parents=True, exist_ok=True)
@@ -113,7 +203,8 @@ def main() -> None:
     stream = tokenize(load_text(args.corpus), h.tokenizer)
     held = max(args.profile, 2048) + 512  # held-out tokens: after the profile and the calibration + validation tokens
     prompt = stream[held + args.ppl_tokens : held + args.ppl_tokens + 8].tolist()
-    cm = CostModel.load(args.cost) if args.cost else quick_cost_model(work, log)
+    cached_cm = work / "cost.json"
+    cm = CostModel.load(args.cost or cached_cm) if (args.cost or cached_cm.exists()) else quick_cost_model(work, log)
     bb = bundle_bytes("up-down", "fp16", h.d_model)
     ident = Layout.identity(h.n_neurons, h.n_layers, model_id=h.model_id)
     id_pack = ensure_pack(h, ident, work / "identity.pack", dtype="fp16")
@@ -124,39 +215,23 @@ def main() -> None:
     if args.stress:
         points.append((f"stress {args.stress:.0%}", {"sparsity": args.stress}))
 
+    flash_kw = json.loads(args.flash_kw) if args.flash_kw else {}
+    if args.torch_threads:
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
     results: list[dict[str, Any]] = []
     sweep: list[dict[str, Any]] = []
+    fio: dict[str, Any] = {}
+    rounds: list[dict[str, Any]] = []
     for label, spec in points:
         log(f"operating point {label}")
-        if "budget" in spec:
-            op = choose_operating_point(h, args.corpus, spec["budget"], calib_tokens=1024, validation_tokens=1024,
-                                        progress=False)
-            thr, mean_sp = op.thresholds, op.mean_sparsity
-        else:
-            thr, mean_sp = None, spec["sparsity"]
-        tr = capture(h, args.corpus, work / f"trace-{label.replace(' ', '_').replace('%', '')}",
-                     tokens=args.profile, ctx=256, sparsity=min(max(mean_sp, 0.01), 0.99), calib_tokens=1024,
-                     thresholds=thr, forward=args.forward, ppl_tokens=0, progress=False)
-        thr = tr.meta["sparsifier"]["thresholds"]
-        sp = get_sparsifier("cats", sparsity=min(max(mean_sp, 0.01), 0.99), thresholds=thr)
-        acc = measure_perplexity(h, args.corpus, start=held, tokens=args.ppl_tokens, thresholds=thr,
-                                 sparsity=min(max(mean_sp, 0.01), 0.99), progress=False)
+        pt = prepare_point(h, args, work, label, spec, ident, id_pack)
+        mean_sp, acc, lays, packs = pt["mean_sparsity"], pt["acc"], pt["layouts"], pt["packs"]
+        sp = get_sparsifier("cats", sparsity=pt["sparsity"], thresholds=pt["thresholds"])
         log(f"  perplexity {acc['dense']['ppl']:.2f} -> {acc['sparse']['ppl']:.2f} ({acc['ppl_cost']:+.1%}), "
             f"mean sparsity {mean_sp:.3f}")
-        st = count(tr, progress=False)
-        lays = {"identity": ident}
-        t0 = time.time()
-        lays["ripple"] = solve_layouts(st, ["ripple"], progress=False)["ripple"][0]
-        ripple_s = time.time() - t0
-        t0 = time.time()
-        lays["best"] = solve_layouts(st, [args.best_solver], time_limit=args.best_time_limit,
-                                     progress=False)[args.best_solver][0]
-        best_s = time.time() - t0
-        tag = label.replace(" ", "_").replace("%", "").replace("+", "p")
-        packs = {"identity": id_pack,
-                 "ripple": ensure_pack(h, lays["ripple"], work / f"ripple-{tag}.pack", dtype="fp16"),
-                 "best": ensure_pack(h, lays["best"], work / f"best-{tag}.pack", dtype="fp16")}
-        prof = tr.packed()
+        prof = pt["trace"].packed()
 
         def configs(budget: float) -> dict[str, tuple[Path, dict[str, Any], Any]]:
             out = {}
@@ -172,16 +247,29 @@ def main() -> None:
         cfgs = configs(args.budget)
         per: dict[str, list[dict[str, Any]]] = {n: [] for n in PIPES}
         for r in range(args.repeats):
-            for name in PIPES:
+            order = PIPES if r % 2 == 0 else PIPES[::-1]  # interleaved, alternating order
+            for name in order:
                 pack, opts, _ = cfgs[name]
+                la = os.getloadavg()[0]
                 per[name].append(row_of(run_engine(pack, h, sp, opts, budget=args.budget, cm=cm, prompt=prompt,
-                                                   tokens=args.tokens)))
-                log(f"  round {r} {name}: {per[name][-1]['tokens_per_s']:.2f} tok/s")
+                                                   tokens=args.tokens, flash_kw=flash_kw)))
+                rounds.append({"point": label, "round": r, "pipeline": name, "load1": la,
+                               "tokens_per_s": per[name][-1]["tokens_per_s"]})
+                log(f"  round {r} {name}: {per[name][-1]['tokens_per_s']:.2f} tok/s (load {la:.1f})")
         for name in PIPES:
+            tps = [x["tokens_per_s"] for x in per[name]]
             results.append({"point": label, "pipeline": name, "budget": args.budget, "mean_sparsity": mean_sp,
                             "ppl_dense": acc["dense"]["ppl"], "ppl": acc["sparse"]["ppl"],
                             "ppl_cost": acc["ppl_cost"], "config": cfgs[name][2],
-                            "ripple_solve_s": ripple_s, "best_solve_s": best_s, **median_row(per[name])})
+                            "ripple_solve_s": pt["ripple_solve_s"], "best_solve_s": pt["best_solve_s"],
+                            "tokens_per_s_rounds": tps, **median_row(per[name])})
+        if args.fio and label == f"+{args.fio_point:.0%}":
+            pack, opts, _ = cfgs[args.fio_pipeline]
+            fio = fio_check(pack, h, sp, opts, budget=args.budget, cm=cm, prompt=prompt, tokens=args.tokens,
+                            flash_kw=flash_kw, engine=args.engine, repeats=args.fio_repeats)
+            fio["point"], fio["pipeline"] = label, args.fio_pipeline
+            log(f"  fio: in-run I/O / fio {fio['in_run_over_fio']:.2f}, standalone batched / fio "
+                f"{fio['batched_over_fio']:.2f}, flat / fio {fio['runtime_over_fio']:.2f}")
         if "budget" in spec and abs(spec["budget"] - 0.2) < 1e-9 and args.sweep:
             for b in [float(x) for x in args.sweep.split(",") if x]:
                 cfg_b = configs(b)
@@ -189,7 +277,8 @@ def main() -> None:
                     if name == "dense" and b > 0:
                         continue  # no cache: the budget does not change it
                     pack, opts, desc = cfg_b[name]
-                    row = row_of(run_engine(pack, h, sp, opts, budget=b, cm=cm, prompt=prompt, tokens=args.tokens))
+                    row = row_of(run_engine(pack, h, sp, opts, budget=b, cm=cm, prompt=prompt, tokens=args.tokens,
+                                            flash_kw=flash_kw))
                     sweep.append({"point": label, "pipeline": name, "budget": b, "ppl": acc["sparse"]["ppl"],
                                   "config": desc, **row})
                     log(f"  sweep {b:.0%} {name}: {row['tokens_per_s']:.2f} tok/s")
@@ -198,10 +287,12 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"config": vars(args), "load_avg_start": load0, "load_avg_end": os.getloadavg(),
             "wall_s": time.time() - t_start, "prompt_tokens": len(prompt)}
-    out.write_text(json.dumps({"meta": meta, "rows": results, "sweep": sweep}, indent=1, default=str))
+    out.write_text(json.dumps({"meta": meta, "rows": results, "sweep": sweep, "rounds": rounds, "fio": fio},
+                              indent=1, default=str))
     md = render(results, sweep, meta)
     out.with_suffix(".md").write_text(md)
-    plot(results, sweep, out.parent)
+    if not args.no_plot:
+        plot(results, sweep, out.parent)
     print(md)
 
 

@@ -15,6 +15,11 @@ the pack with its neuron (``runtime.pack``, ``width = d_model + 1``); the down b
 bias stay resident. In exact mode the streamed bundles are scattered into layer-shaped scratch weights held by
 hidden copies of the model's own projection modules, so the model's own forward code (``nn.Linear``, GPT-2's
 ``Conv1D``, ``FalconLinear``) runs on them: the same float operations as the in-memory sparse model.
+**Compact path** (``exact=False``, ``--flash-kw '{"exact": false}'`` in bench/bench_online.py): no scatter; the
+FFN is ``down_S @ (a_S * (up_S @ x))`` on the fetched bundles themselves (k-sized matmuls), equal to the in-memory
+model up to float32 summation order. Both paths widen fp16 bundles with one torch cast of the fetched rows
+(:meth:`runtime.stream.FlashFFNReader.fetch_raw` hands them over in the pack dtype), and a token runs with one
+torch thread by default (``threads``; see :class:`FlashModel`).
 
 Per token and layer (:class:`StreamedMLP`): ``a = act(gate(x))``, ``S = sparsifier.mask(a)``, the reader returns
 the bundles of S (cache hits, prefetched bundles, and reads of the rest with collapse and O_DIRECT), and
@@ -142,13 +147,25 @@ class FlashModel:
         engine: I/O engine spec; collapse: access-collapse gap in bundles or ``"auto"`` (needs ``cost_model``).
         prefetch: overlap reads with attention using the predictor (``post`` or ``input``) and ``margin``.
         dense: read every layer's whole region per token (the dense-from-flash baseline; no cache, no prefetch).
+        exact: True (default): the streamed bundles are scattered into layer-shaped scratch weights and the model's
+            own projection modules run on them: bit-identical to the in-memory sparse model. False: the *compact*
+            path, ``down_S @ (a_S * (up_S @ x))`` on the fetched bundles directly (k-sized matmuls, no scatter;
+            4-7x less FFN time measured on SmolLM2 at 43 % sparsity), equal to the in-memory model up to float32
+            summation order (a CATS threshold decision downstream may then flip, rarely; see
+            tests/test_online.py).
+        threads: torch intra-op threads while a token runs (restored after it; None: leave torch's setting). 1 by
+            default: batch-1 decoding of a small model is a chain of tiny ops, where a second OpenMP thread costs
+            more in synchronisation than it computes (3x slower per token measured on 2 shared cores), and the
+            I/O completion work needs a core too. Results do not depend on it (each output of a matrix-vector
+            product is one dot product, whatever the thread count).
     """
 
     def __init__(self, pack: str | Path, model: str | ModelHandle = "smollm2", *,
                  sparsifier: Sparsifier | None, budget: float = 0.1, policy: str = "lru",
                  policy_params: dict[str, Any] | None = None, engine: str = "threads:16",
                  collapse: int | str = 0, cost_model: Any = None, prefetch: bool = True, predictor: str = "post",
-                 margin: float = 1.0, dense: bool = False, copy_model: bool = True, exact: bool = True):
+                 margin: float = 1.0, dense: bool = False, copy_model: bool = True, exact: bool = True,
+                 threads: int | None = 1):
         budget = check_budget(budget)
         if predictor not in PREDICTORS:
             raise CoactError(f"unknown predictor {predictor!r}; choose {', '.join(PREDICTORS)}")
@@ -200,6 +217,9 @@ class FlashModel:
         self._pred_stats = np.zeros(3, dtype=np.int64)  # predicted, active, predicted & active
         self._cache_arg = _cache_kwarg(self.model)
         self.exact = bool(exact)
+        if threads is not None and int(threads) < 1:
+            raise CoactError(f"threads must be >= 1, got {threads}")
+        self.threads = None if threads is None else int(threads)
         self._bos_kv: Any = None
 
     # ------------------------------------------------------------------------------------------------ set-up
@@ -296,6 +316,7 @@ class FlashModel:
         t0 = _clock()
         tm = self.timings[-1] if self.timings else TokenTiming()
         tm.attention_ns += t0 - self._attn_start
+        self.reader.poll()  # attention is over: note whether the layer's prefetch already completed
         a = mlp.activation(x)  # the same ops on the same shapes as the in-memory model
         keep = self._mask(mlp.layer, a)
         am = a * keep.to(a.dtype)
@@ -306,6 +327,7 @@ class FlashModel:
         t0 = _clock()
         tm = self.timings[-1] if self.timings else TokenTiming()
         tm.attention_ns += t0 - self._attn_start
+        self.reader.poll()
         keep = self._mask(mod.layer, a)
         am = a * keep.to(a.dtype)
         tm.gate_ns += _clock() - t0
@@ -323,13 +345,18 @@ class FlashModel:
         xs = None if x is None else x.reshape(-1, x.shape[-1])
         outs = []
         pred = self._pred.pop(mod.layer, None)
+        bias_up = self.pack_biases and up_mod is not None and getattr(up_mod, "bias", None) is not None
         for t in range(rows.shape[0]):
             ids = np.flatnonzero(keep.reshape(-1, n)[t].numpy())
             if pred is not None:
                 self._pred_stats += (pred.size, ids.size, np.intersect1d(pred, ids, assume_unique=True).size)
             f0 = _clock()
-            w = self.reader.fetch(mod.layer, ids)
+            raw = self.reader.fetch_raw(mod.layer, ids)
             f1 = _clock()
+            # One vectorised widening of the fetched bundles (torch's fp16 -> fp32 cast; numpy's is scalar code):
+            # exact values, the pack holds them in its dtype.
+            w = torch.from_numpy(raw).float()
+            sel = torch.from_numpy(ids)
             am_t = rows[t : t + 1].reshape(*([1] * (len(lead) - 1)), 1, n)
             x_t = None if xs is None else xs[t : t + 1].reshape(*([1] * (len(lead) - 1)), 1, -1)
             if self.exact:
@@ -337,24 +364,22 @@ class FlashModel:
                 # projection modules and run them: rows/columns outside S hold stale values that meet a zero of
                 # `am`, so every float operation is the one the in-memory sparse model performs (bit-identical
                 # FFN output, so no CATS threshold decision downstream can flip).
-                self._scatter(down_mod, ids, w[:, -1, :d], column=True)
+                self._scatter(down_mod, sel, w[:, -1, :d], column=True)
                 h = am_t
                 if x_t is not None:
-                    self._scatter(up_mod, ids, w[:, 0, :d], column=False)
-                    if self.pack_biases and getattr(up_mod, "bias", None) is not None:
-                        up_mod.bias.data.numpy()[ids] = w[:, 0, d]
+                    self._scatter(up_mod, sel, w[:, 0, :d], column=False)
+                    if bias_up:
+                        up_mod.bias.data.index_copy_(0, sel, w[:, 0, d])
                     h = am_t * up_mod(x_t)
                 outs.append(down_mod(h))
-            else:  # k-sized matmuls: fewer FLOPs, equal up to float32 summation order
-                wt = torch.from_numpy(w)
-                sel = torch.from_numpy(ids)
-                h = am_t.reshape(-1)[sel]
+            else:  # k-sized matmuls on the fetched bundles: fewer FLOPs, no scatter; equal up to summation order
+                h = am_t.reshape(-1).index_select(0, sel)
                 if x_t is not None:
-                    u = wt[:, 0, :d] @ x_t.reshape(-1)
-                    if self.pack_biases and getattr(up_mod, "bias", None) is not None:
-                        u = u + wt[:, 0, d]
+                    u = torch.mv(w[:, 0, :d], x_t.reshape(-1))
+                    if bias_up:
+                        u = u + w[:, 0, d]
                     h = h * u
-                y = h @ wt[:, -1, :d]
+                y = h @ w[:, -1, :d]
                 if getattr(down_mod, "bias", None) is not None:
                     y = y + down_mod.bias
                 outs.append(y.reshape(am_t.shape[:-1] + (d,)))
@@ -362,15 +387,17 @@ class FlashModel:
             tm.ffn_ns += _clock() - f1
         return torch.cat(outs, dim=-2).reshape(*lead, d) if len(outs) > 1 else outs[0].reshape(*lead, d)
 
-    def _scatter(self, mod: nn.Module, ids: np.ndarray, rows: np.ndarray, *, column: bool) -> None:
+    def _scatter(self, mod: nn.Module, ids: torch.Tensor, rows: torch.Tensor, *, column: bool) -> None:
         """Write the fetched parts of neurons ``ids`` into the scratch weight of projection ``mod`` (down: columns of
-        ``[d, N]``, or rows of a Conv1D's ``[N, d]``; up: rows of ``[N, d]``, or columns of a Conv1D's ``[d, N]``)."""
+        ``[d, N]``, or rows of a Conv1D's ``[N, d]``; up: rows of ``[N, d]``, or columns of a Conv1D's ``[d, N]``).
+        The column scatter is the exact path's main extra cost (strided writes; ~1-3 ms per SmolLM2 layer); the
+        compact path (``exact=False``) has none."""
         assert self.family is not None
-        w = mod.weight.data.numpy()
+        w = mod.weight.data
         if column != self.family.conv1d:
-            w[:, ids] = rows.T
+            w[:, ids] = rows.t()
         else:
-            w[ids] = rows
+            w.index_copy_(0, ids, rows)
 
     # ----------------------------------------------------------------------------------------------- per token
     def new_kv(self) -> Any:
@@ -399,11 +426,18 @@ class FlashModel:
         self.reader.begin_token()
         tm = TokenTiming()
         self.timings.append(tm)
+        prev = torch.get_num_threads()
+        if self.threads is not None and self.threads != prev:
+            torch.set_num_threads(self.threads)
         t0 = _clock()
-        with torch.inference_mode():
-            out = self.model(input_ids=torch.tensor([[int(token)]]), use_cache=True, **{self._cache_arg: kv})
-        logits = out.logits[0, -1]
-        tm.wall_ns = _clock() - t0
+        try:
+            with torch.inference_mode():
+                out = self.model(input_ids=torch.tensor([[int(token)]]), use_cache=True, **{self._cache_arg: kv})
+            logits = out.logits[0, -1]
+        finally:
+            tm.wall_ns = _clock() - t0
+            if torch.get_num_threads() != prev:
+                torch.set_num_threads(prev)
         return logits
 
     def generate(self, prompt_ids: Sequence[int], max_tokens: int, *, keep_logits: bool = False) -> dict[str, Any]:
@@ -490,10 +524,20 @@ def check_pack(pack: str | Path) -> dict[str, Any]:
         raise CoactError(f"pack file {p} not found")
     with PackFile(p) as pf:
         header = dict(pf.header)
-    if header["bundle"] != "up-down":
-        raise CoactError(f"{p}: bundle schema {header['bundle']!r} is not supported from flash; the online engine "
-                         "needs 'up-down' packs (the gate stays in DRAM to choose the neurons)")
+    check_pack_header(p, header)
     return header
+
+
+def check_pack_header(path: str | Path, header: dict[str, Any]) -> None:
+    """A user error unless the online engine can run a pack with this header: ``up-down`` bundles of a model
+    whose FFN is one dense block per layer (a mixture-of-experts pack, with per-expert units, is refused: the
+    engine has no router step)."""
+    if header.get("moe") or any((u or {}).get("expert") is not None for u in header.get("units") or []):
+        raise CoactError(f"{path}: mixture-of-experts packs cannot run from flash yet; the online engine runs "
+                         "models with one dense FFN per layer")
+    if header["bundle"] != "up-down":
+        raise CoactError(f"{path}: bundle schema {header['bundle']!r} is not supported from flash; the online "
+                         "engine needs 'up-down' packs (the gate stays in DRAM to choose the neurons)")
 
 
 def check_pack_model(pack: str | Path, header: dict[str, Any], handle: ModelHandle) -> None:
@@ -720,6 +764,7 @@ def run_flash_perplexity(pack: str | Path, *, corpus: str = "pydoc", tokens: int
                 "report": fm.report()}
 
 
-__all__ = ["FlashModel", "StreamedMLP", "TokenTiming", "PREDICTORS", "check_budget", "check_pack", "greedy",
+__all__ = ["FlashModel", "StreamedMLP", "TokenTiming", "PREDICTORS", "check_budget", "check_pack",
+           "check_pack_header", "greedy",
            "stepwise_perplexity", "model_step", "new_kv_for", "rounded_ffn", "resolve_sparsifier",
            "open_flash_model", "run_generate", "run_flash_perplexity"]

@@ -14,8 +14,10 @@ Per (token, layer), :meth:`FlashFFNReader.fetch` does (docs/DESIGN.md §2):
    -> runs -> access collapse (:func:`runtime.planner.plan_reads`) -> 4 KiB aligned byte ranges
    (:func:`runtime.planner.byte_ranges`) -> one ``engine.submit`` with O_DIRECT (:mod:`runtime.engines`);
 3. ``cache.admit(layer, S, run_lengths)``; the admitted bundles are copied into the cache's slot pool;
-4. returns the decoded bundles of exactly the requested neurons, as float32 ``[k, parts, d_model]`` (fp16 packs
-   are widened exactly; gap bundles read by collapse and alignment are discarded).
+4. returns the bundles of exactly the requested neurons: :meth:`FlashFFNReader.fetch_raw` in the pack's dtype
+   (what :mod:`coact.online` uses: it widens them with one vectorised torch cast), :meth:`FlashFFNReader.fetch`
+   as float32 ``[k, parts, d_model]`` (fp16 packs are widened exactly); gap bundles read by collapse and alignment
+   are discarded.
 
 **Memory.** The cache's data live in one slot pool of ``capacity = budget_bytes // bundle_bytes`` bundles in the
 pack dtype (the DRAM budget, exactly), plus two layer-sized read buffers (one for the prefetch in flight, one for
@@ -33,6 +35,18 @@ thread that reads them (same planning, its own buffer) while the caller computes
 ``fetch(layer, ...)`` waits for it; the time it waited is *I/O wait*, the rest of the prefetch's read time was
 *hidden* behind compute. Prefetched bundles that are not in the true load set are discarded (counted as wasted
 bytes); the cache only ever sees the true load set, so prefetch never changes the cache's state nor the result.
+
+**Asynchronous engines** (``uring``: ``start``/``finish``/``ready``): the prefetch is put in flight and the call
+returns, with no worker thread (no GIL hand-offs with the model's thread); at :meth:`FlashFFNReader.fetch` the
+miss reads go in flight *together with* the rest of the prefetch, and the hits are copied from the pool while both
+are in flight. Its I/O time is measured from issue to the first observed completion (:meth:`poll` at the end of
+attention, else the wait), an upper bound when the reads completed before anyone looked. Measured on this
+machine's virtual disk (2 shared cores), it was *not* faster than ``threads:16``: io_uring issues the O_DIRECT
+reads inside the submitting thread's system call, so the block-layer work of ~4,000 small reads per token lands
+on the model's thread instead of on I/O threads (bench/results/online_targets.md).
+
+**Read log.** ``read_log = []`` records every batch issued (``[offsets, sizes, ns]``, in issue order): the exact
+request lists, to replay them with fio (:func:`runtime.fio.compare_with_fio`, bench/bench_online.py ``--fio``).
 
 **Dense mode** (``dense=True``, the ``dense`` baseline of docs/DESIGN.md §5): every fetch reads the layer's whole
 region in 1 MiB requests (no cache, no prefetch) and decodes the requested neurons from it.
@@ -102,7 +116,8 @@ class TokenIO:
 class _Prefetch:
     """One prefetch in flight: the layer, the positions it reads (sorted) and, when done, its timings."""
 
-    __slots__ = ("layer", "neurons", "positions", "reads", "bytes_read", "io_ns", "error", "done")
+    __slots__ = ("layer", "neurons", "positions", "reads", "bytes_read", "io_ns", "error", "done", "ticket",
+                 "t_start", "t_done", "log")
 
     def __init__(self, layer: int, neurons: np.ndarray, positions: np.ndarray):
         self.layer = layer
@@ -113,6 +128,10 @@ class _Prefetch:
         self.io_ns = 0
         self.error: BaseException | None = None
         self.done = threading.Event()
+        self.ticket: Any = None  # asynchronous engines: the batch in flight (no worker thread)
+        self.t_start = 0
+        self.t_done = 0  # when its completion was first observed (asynchronous engines)
+        self.log: list | None = None
 
 
 class _RegionBuffer:
@@ -200,8 +219,19 @@ class FlashFFNReader(Closing):
         self._job: _Prefetch | None = None
         self._stop = False
         self._io_lock = threading.Lock()  # one submit at a time on the engine
-        self._worker = threading.Thread(target=self._prefetch_loop, name="coact-prefetch", daemon=True)
-        self._worker.start()
+        #: Engines with ``start``/``finish`` (``uring``) put reads in flight and return: prefetches and miss reads
+        #: then need no thread at all (no GIL hand-offs with the model's thread, no core taken from it).
+        self.asynchronous = callable(getattr(self._engine, "start", None)) and callable(
+            getattr(self._engine, "finish", None))
+        #: When a list, every batch of reads issued is appended as ``[offsets, sizes, submit_ns]`` in issue order
+        #: (``submit_ns``: time from issue to observed completion), e.g. to replay the very same lists with fio.
+        self.read_log: list | None = None
+        nmax = max(self.sizes, default=0)
+        self._mark = np.zeros(nmax, dtype=bool)  # scratch flags over one layer's neurons (reset after each use)
+        self._row_of = np.zeros(nmax, dtype=_I64)
+        if not self.asynchronous:
+            self._worker = threading.Thread(target=self._prefetch_loop, name="coact-prefetch", daemon=True)
+            self._worker.start()
         self._warm()
 
     # ------------------------------------------------------------------------------------------------ accounting
@@ -252,20 +282,35 @@ class FlashFFNReader(Closing):
         starts, lengths = plan_reads(positions, self.collapse_gap)
         return byte_ranges(starts, lengths, base, self.bundle_bytes)
 
-    def _read(self, layer: int, positions: np.ndarray, buf: _RegionBuffer) -> tuple[int, int, int]:
-        """Read `positions` of `layer` into `buf` (region mirror): (requests, bytes, submit ns)."""
+    def _requests(self, layer: int, positions: np.ndarray, buf: _RegionBuffer) -> tuple[list, list, list]:
+        """(offsets, sizes, destination views) of the reads of sorted `positions` of `layer` into `buf`."""
         offs, sizes = self._plan(layer, positions)
-        if offs.size == 0:
-            return 0, 0, 0
         base = self.bases[layer]
         v = buf.view
-        out = [v[o - base : o - base + s] for o, s in zip(offs.tolist(), sizes.tolist())]
+        o, s = offs.tolist(), sizes.tolist()
+        return o, s, [v[a - base : a - base + b] for a, b in zip(o, s)]
+
+    def _logged(self, offs: list, sizes: list) -> list | None:
+        if self.read_log is None or not offs:
+            return None
+        entry = [offs, sizes, 0]
+        self.read_log.append(entry)
+        return entry
+
+    def _read(self, layer: int, positions: np.ndarray, buf: _RegionBuffer) -> tuple[int, int, int]:
+        """Read `positions` of `layer` into `buf` (region mirror) and wait: (requests, bytes, submit ns)."""
+        offs, sizes, out = self._requests(layer, positions, buf)
+        if not offs:
+            return 0, 0, 0
+        entry = self._logged(offs, sizes)
         assert self._engine is not None
         with self._io_lock:
             t0 = time.perf_counter_ns()
-            self._engine.submit(offs.tolist(), sizes.tolist(), out=out)
+            self._engine.submit(offs, sizes, out=out)
             dt = time.perf_counter_ns() - t0
-        return int(offs.size), int(sizes.sum()), dt
+        if entry is not None:
+            entry[2] = dt
+        return len(offs), int(sum(sizes)), dt
 
     def _region(self, layer: int, buf: _RegionBuffer) -> np.ndarray:
         return buf.region(self.sizes[layer], self.parts, self.width, self.np_dtype)
@@ -300,15 +345,34 @@ class FlashFFNReader(Closing):
         ids = np.unique(ids)
         res = self.cache.resident(layer)
         if res.size:
-            ids = ids[~np.isin(ids, res, assume_unique=True)]
+            mark = self._mark
+            mark[res] = True
+            ids = ids[~mark[ids]]
+            mark[res] = False
         if ids.size == 0:
             return 0
         job = _Prefetch(layer, ids, np.sort(self.inverses[layer][ids]))
         self._pending = job
+        if self.asynchronous:
+            offs, sizes, out = self._requests(layer, job.positions, self._pf_buf)
+            job.reads, job.bytes_read = len(offs), int(sum(sizes))
+            job.log = self._logged(offs, sizes)
+            job.t_start = time.perf_counter_ns()
+            job.ticket = self._engine.start(offs, sizes, out)  # type: ignore[union-attr]
+            return int(ids.size)
         with self._go:
             self._job = job
             self._go.notify()
         return int(ids.size)
+
+    def poll(self) -> None:
+        """Note whether the prefetch in flight has completed (asynchronous engines; cheap, never blocks): the
+        model calls it when attention ends, which bounds the prefetch's I/O time by the attention time when its
+        reads are already complete there (else :meth:`wait` observes the completion)."""
+        job = self._pending
+        if job is not None and job.ticket is not None and not job.t_done:
+            if self._engine.ready(job.ticket):  # type: ignore[union-attr]
+                job.t_done = time.perf_counter_ns()
 
     def wait(self) -> _Prefetch | None:
         """Wait for the prefetch in flight (if any) and return it (no longer pending); its errors are raised here."""
@@ -316,8 +380,21 @@ class FlashFFNReader(Closing):
         if job is None:
             return None
         t0 = time.perf_counter_ns()
-        job.done.wait()
-        waited = time.perf_counter_ns() - t0
+        if job.ticket is not None:
+            try:
+                self._engine.finish(job.ticket)  # type: ignore[union-attr]
+            except BaseException as e:
+                job.error = e
+            t1 = time.perf_counter_ns()
+            waited = t1 - t0
+            # I/O time of an asynchronous batch: issue to first observed completion (an upper bound when it was
+            # complete before anyone looked).
+            job.io_ns = (job.t_done or t1) - job.t_start
+            if job.log is not None:
+                job.log[2] = job.io_ns
+        else:
+            job.done.wait()
+            waited = time.perf_counter_ns() - t0
         tok = self._cur()
         tok.wait_ns += waited
         tok.io_ns += job.io_ns
@@ -338,36 +415,74 @@ class FlashFFNReader(Closing):
         tok.io_ns += dt
         tok.wait_ns += dt
 
+    def _start_miss(self, layer: int, positions: np.ndarray) -> tuple[Any, list | None, int, int, int]:
+        """Asynchronous engines: put the miss reads in flight now (ticket, log entry, requests, bytes, t0)."""
+        offs, sizes, out = self._requests(layer, positions, self._miss_buf)
+        entry = self._logged(offs, sizes)
+        t0 = time.perf_counter_ns()
+        return self._engine.start(offs, sizes, out), entry, len(offs), int(sum(sizes)), t0  # type: ignore[union-attr]
+
     def fetch(self, layer: int, neurons: Any) -> np.ndarray:
         """The bundles of `neurons` (ids of `layer`, unique, any order) as float32 ``[k, parts, d_model]``, in the
         order given; part j of row i is ``schema[j]`` of neuron ``neurons[i]`` (``down`` is column i of down)."""
+        return self.fetch_raw(layer, neurons).astype(np.float32)
+
+    def fetch_raw(self, layer: int, neurons: Any) -> np.ndarray:
+        """Like :meth:`fetch`, in the pack's dtype (``[k, parts, width]``; fp16 packs stay fp16): the caller widens
+        them where it is cheapest (numpy's fp16 -> fp32 cast is scalar code, torch's is vectorised), and the cache
+        pool, the read buffers and this result share one dtype, so every copy here is a plain gather."""
         ids = self._check(layer, neurons)
         layer = int(layer)
         tok = self._cur()
-        job = self.wait() if self._pending is not None else None
+        job = self._pending
         if job is not None and job.layer != layer:  # a prefetch for another layer: its bytes are wasted
+            self.wait()
             tok.wasted_bytes += int(job.neurons.size) * self.bundle_bytes
             job = None
         k = ids.size
-        out = np.empty((k, self.parts, self.width), dtype=np.float32)
+        out = np.empty((k, self.parts, self.width), dtype=self.np_dtype)
         tok.active += k
         if self.dense:
+            if job is not None:
+                self.wait()
             self._blocking_read(tok, layer, np.empty(0, dtype=_I64))
             tok.loaded += k
             tok.bytes_requested += k * self.bundle_bytes
             if k:
-                out[:] = self._region(layer, self._miss_buf)[self.inverses[layer][ids]]
+                np.take(self._region(layer, self._miss_buf), self.inverses[layer][ids], axis=0, out=out)
             return out
         if k == 0:
             if job is not None:
+                self.wait()
                 tok.wasted_bytes += int(job.neurons.size) * self.bundle_bytes
             return out
         load = np.asarray(self.cache.filter(layer, ids), dtype=_I64)
         inv = self.inverses[layer]
-        # hits: served from the slot pool
-        is_load = np.zeros(self.sizes[layer], dtype=bool)
-        is_load[load] = True
-        hit_rows = np.flatnonzero(~is_load[ids])
+        mark = self._mark
+        # loads: from the prefetch where it read them, else read now
+        if job is not None:
+            mark[job.neurons] = True
+            used = mark[load]
+            mark[job.neurons] = False
+            from_pf = load[used]
+            miss = load[~used]
+            tok.prefetch_used += int(from_pf.size)
+            tok.wasted_bytes += (int(job.neurons.size) - int(from_pf.size)) * self.bundle_bytes
+        else:
+            from_pf, miss = load[:0], load
+        pending_miss = None
+        if miss.size:
+            miss_pos = np.sort(inv[miss])
+            if self.asynchronous:  # in flight together with the rest of the prefetch
+                pending_miss = self._start_miss(layer, miss_pos)
+            else:
+                if job is not None:
+                    self.wait()
+                self._blocking_read(tok, layer, miss_pos)
+        # hits: served from the slot pool (while the reads are in flight)
+        mark[load] = True
+        hit_rows = np.flatnonzero(~mark[ids])
+        mark[load] = False
         if hit_rows.size:
             slots = self._slot[layer, ids[hit_rows]]
             if np.any(slots < 0):  # pragma: no cover - the warm-up reads every initially resident bundle
@@ -376,22 +491,21 @@ class FlashFFNReader(Closing):
         tok.hits += int(hit_rows.size)
         tok.loaded += int(load.size)
         tok.bytes_requested += int(load.size) * self.bundle_bytes
-        # loads: from the prefetch where it read them, else read now
-        from_pf = np.zeros(0, dtype=_I64)
-        if job is not None:
-            in_pf = np.zeros(self.sizes[layer], dtype=bool)
-            in_pf[job.neurons] = True
-            used = in_pf[load]
-            from_pf = load[used]
-            miss = load[~used]
-            tok.prefetch_used += int(from_pf.size)
-            tok.wasted_bytes += (int(job.neurons.size) - int(from_pf.size)) * self.bundle_bytes
-        else:
-            miss = load
-        if miss.size:
-            self._blocking_read(tok, layer, np.sort(inv[miss]))
-        row_of = np.empty(self.sizes[layer], dtype=_I64)
+        row_of = self._row_of
         row_of[ids] = np.arange(k)
+        if self._pending is not None:
+            self.wait()
+        if pending_miss is not None:
+            ticket, entry, nreq, nbytes, t0 = pending_miss
+            f0 = time.perf_counter_ns()
+            self._engine.finish(ticket)  # type: ignore[union-attr]
+            f1 = time.perf_counter_ns()
+            if entry is not None:
+                entry[2] = f1 - t0
+            tok.reads += nreq
+            tok.bytes_read += nbytes
+            tok.io_ns += f1 - t0  # in flight from its issue (overlapping the hits' copy and the prefetch's end)
+            tok.wait_ns += f1 - f0
         if from_pf.size:
             out[row_of[from_pf]] = self._region(layer, self._pf_buf)[inv[from_pf]]
         if miss.size:
@@ -408,7 +522,10 @@ class FlashFFNReader(Closing):
         if self.capacity == 0:
             return
         res = self.cache.resident(layer)
-        new = load[np.isin(load, res, assume_unique=True)] if res.size else load[:0]
+        mark = self._mark
+        mark[res] = True
+        new = load[mark[load]]
+        mark[res] = False
         new = new[self._slot[layer, new] < 0]
         if new.size == 0:
             return
@@ -416,9 +533,10 @@ class FlashFFNReader(Closing):
             self._sweep()
         if new.size > len(self._free):  # pragma: no cover - a policy over its budget
             raise RuntimeError(f"cache {self.cache.name!r} holds more than its capacity of {self.capacity} bundles")
-        slots = np.array([self._free.pop() for _ in range(new.size)], dtype=_I64)
+        slots = np.array(self._free[-new.size:], dtype=_I64)
+        del self._free[-new.size:]
         self._slot[layer, new] = slots
-        self._pool[slots] = out[row_of[new]]  # exact: the values came from the pack dtype
+        self._pool[slots] = out[row_of[new]]  # exact: the values came from the pack dtype (same dtype here)
 
     def _sweep(self) -> None:
         """Give back the slots of bundles the policy no longer holds (any layer)."""
@@ -427,7 +545,10 @@ class FlashFFNReader(Closing):
             if held.size == 0:
                 continue
             res = self.cache.resident(x)
-            gone = held[~np.isin(held, res, assume_unique=True)] if res.size else held
+            mark = self._mark
+            mark[res] = True
+            gone = held[~mark[held]]
+            mark[res] = False
             if gone.size:
                 self._free.extend(self._slot[x, gone].tolist())
                 self._slot[x, gone] = -1

@@ -21,6 +21,7 @@ from coact.online import FlashModel, greedy, model_step, new_kv_for, rounded_ffn
 from coact.sparsify import get_sparsifier
 from coact.trace import forward_activations
 from runtime.direct import direct_io_supported
+from runtime.engines import engine_status
 from runtime.layout import Layout
 from runtime.pack import write_pack
 
@@ -74,6 +75,8 @@ CONFIGS = {
     "window-input-predictor": dict(policy="window", budget=0.2, collapse=0, prefetch=True, predictor="input"),
     "ripple-margin": dict(policy="ripple", budget=0.1, collapse=2, prefetch=True, margin=1.5),
     "dense-read": dict(policy="none", dense=True),
+    # the compact path (k-sized matmuls, another summation order) with the asynchronous uring engine
+    "compact-uring": dict(policy="lru", budget=0.1, collapse=2, prefetch=True, exact=False, engine="uring:64"),
 }
 
 
@@ -83,11 +86,21 @@ def test_logits_equal_in_memory_sparse_model(smollm2, stream, cats40, packs, dty
     prompt = stream[PROMPT_AT : PROMPT_AT + PROMPT_LEN].tolist()
     steps = 8
     ref = _reference(smollm2, cats40, dtype, prompt, steps)
-    with FlashModel(packs[dtype], "smollm2", sparsifier=cats40, engine="threads:8", **CONFIGS[cfg]) as fm:
+    kw = {"engine": "threads:8", **CONFIGS[cfg]}
+    if kw["engine"].startswith("uring") and not engine_status("uring")[0]:
+        kw["engine"] = "threads:8"
+    with FlashModel(packs[dtype], "smollm2", sparsifier=cats40, **kw) as fm:
         got = fm.generate(prompt, steps, keep_logits=True)
         rep = fm.report()
     assert got["tokens"] == ref["tokens"]
-    assert float((got["logits"] - ref["logits"]).abs().max()) <= 1e-4
+    diff = (got["logits"] - ref["logits"]).abs().amax(dim=-1)
+    if CONFIGS[cfg].get("exact", True):
+        assert float(diff.max()) <= 1e-4
+    else:
+        # The compact path sums in another order: ~1e-5 per step on SmolLM2, and once in a while a CATS threshold
+        # decision downstream flips, which moves later logits by up to a few tenths (0.27 measured): it is a
+        # documented speed option, not the exact mode. The first step stays at the summation-order level.
+        assert float(diff[0]) <= 1e-3 and float(diff.max()) <= 1.0
     assert rep["tokens"] == PROMPT_LEN + steps - 1
     assert rep["per_token"]["bytes_read"] > 0 and rep["tokens_per_s"] > 0
     if CONFIGS[cfg].get("prefetch"):

@@ -59,10 +59,12 @@ def test_options_follow_the_registry():
         flash_options(get_pipeline("coact"))
 
 
+@pytest.mark.parametrize("exact", [True, False], ids=["exact", "compact"])
 @pytest.mark.parametrize("name", available_pipelines())
-def test_every_pipeline_is_exact_on_the_engine(setup, name):
+def test_every_pipeline_is_exact_on_the_engine(setup, name, exact):
     """Whatever cache, collapse and prefetch a pipeline picks, the generated logits equal the in-memory sparse
-    model's (fp32 pack)."""
+    model's (fp32 pack) within 1e-4, on the exact path (the model's own modules on scattered scratch weights) and
+    on the compact path (k-sized matmuls on the fetched bundles, another float32 summation order)."""
     h, sp = setup["h"], setup["sp"]
     pipe, opts, notes = resolve_flash_pipeline(name, setup["lay"], bundle_bytes=2 * h.d_model * 4, budget=0.1,
                                                cost_model=setup["cm"], profile_packed=setup["tr"].packed())
@@ -72,9 +74,13 @@ def test_every_pipeline_is_exact_on_the_engine(setup, name):
     prompt = list(range(40, 44))
     with sparsified(h, sp):
         ref = greedy(model_step(h.model), new_kv_for(h.model)(), prompt, 6, keep_logits=True)
-    with FlashModel(setup["pack"], h, sparsifier=sp, budget=0.1, cost_model=setup["cm"], **opts) as fm:
+    import torch
+
+    threads = torch.get_num_threads()
+    with FlashModel(setup["pack"], h, sparsifier=sp, budget=0.1, cost_model=setup["cm"], exact=exact, **opts) as fm:
         got = fm.generate(prompt, 6, keep_logits=True)
         rep = fm.report()
+    assert torch.get_num_threads() == threads  # the per-token thread setting is restored
     assert got["tokens"] == ref["tokens"]
     assert float((got["logits"] - ref["logits"]).abs().max()) <= 1e-4
     if name == "dense":
@@ -104,3 +110,14 @@ def test_cli_generate_with_pipeline(setup, tiny_model_dir):
                                  "--prompt", "x", "--max-tokens", "2", "--sparsity", "0.6",
                                  "--profile", str(setup["tr"].path)])
     assert r.exit_code == 2 and "--profile is used only with --pipeline" in r.output
+
+
+def test_moe_pack_is_refused_in_one_line():
+    from coact.online import check_pack_header
+
+    base = {"bundle": "up-down"}
+    check_pack_header("p.pack", base)
+    for header in ({**base, "moe": True}, {**base, "units": [{"layer": 0, "expert": 3, "n": 8}]}):
+        with pytest.raises(CoactError, match="mixture-of-experts") as e:
+            check_pack_header("p.pack", header)
+        assert "\n" not in str(e.value)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from runtime.caches import get_cache
+from runtime.engines import engine_status
 from runtime.layout import Layout
 from runtime.pack import PackFile, write_pack
 from runtime.stream import FlashFFNReader, StreamError, summarize
@@ -65,9 +66,14 @@ CONFIGS = [
 ]
 
 
+_URING_OK, _URING_WHY = engine_status("uring")
+# uring: the asynchronous path (prefetch and misses in flight together, no worker thread)
+ENGINES = ["sync", "threads:4", pytest.param("uring:8", marks=pytest.mark.skipif(not _URING_OK, reason=_URING_WHY))]
+
+
 @pytest.mark.parametrize("dtype", ["fp16", "fp32"])
 @pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: "-".join(f"{v}" for v in c.values()))
-@pytest.mark.parametrize("engine", ["sync", "threads:4"])
+@pytest.mark.parametrize("engine", ENGINES)
 def test_fetch_returns_exact_bundles(direct_io_dir: Path, weights, dtype: str, cfg: dict, engine: str):
     path = _pack(direct_io_dir, weights, dtype)
     bb = 2 * D * (2 if dtype == "fp16" else 4)
@@ -143,3 +149,28 @@ def test_bad_input(direct_io_dir: Path, weights):
         rd.fetch(0, [1])
     with pytest.raises(StreamError):
         FlashFFNReader(path, cache=get_cache("lru", 1000, 999), engine="sync")
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_fetch_raw_and_read_log(direct_io_dir: Path, weights, engine: str):
+    """fetch_raw gives the pack's own dtype (no widening); the read log holds every batch issued, in order, and
+    adds up to the bytes and requests the counters report."""
+    path = _pack(direct_io_dir, weights, "fp16")
+    bb = 2 * D * 2
+    rng = np.random.default_rng(1)
+    with PackFile(path) as pf, FlashFFNReader(path, cache=get_cache("lru", 40 * bb, bb), engine=engine,
+                                              collapse_gap=1) as rd:
+        rd.read_log = []
+        assert rd.asynchronous == engine.startswith("uring")
+        for row in _sets(tokens=6):
+            rd.begin_token()
+            for x, a in enumerate(row):
+                rd.prefetch(x, np.union1d(a[::2], rng.choice(N, 5, replace=False)))
+                got = rd.fetch_raw(x, a)
+                assert got.dtype == np.float16
+                np.testing.assert_array_equal(got, pf.read_neurons(x, a))
+        tot = summarize(rd.tokens)["total"]
+        log = rd.read_log
+    assert sum(len(o) for o, _, _ in log) == tot["reads"] > 0
+    assert sum(sum(s) for _, s, _ in log) == tot["bytes_read"]
+    assert all(len(o) == len(s) and ns > 0 for o, s, ns in log)

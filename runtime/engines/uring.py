@@ -64,6 +64,19 @@ def uring_status() -> tuple[bool, str]:
     return _URING_STATUS
 
 
+class _Ticket:
+    """One asynchronous batch of :meth:`UringEngine.start`: its reads, how many entered the ring and completed."""
+
+    __slots__ = ("id", "offsets", "sizes", "out", "n", "sent", "done", "short", "error")
+
+    def __init__(self, tid: int, offsets: list[int], sizes: list[int], out: list[Any]):
+        self.id, self.offsets, self.sizes, self.out = tid, offsets, sizes, out
+        self.n = len(sizes)
+        self.sent = self.done = 0
+        self.short: list[int] = []
+        self.error: BaseException | None = None
+
+
 @register_engine("uring", "io_uring through liburing 2024.5.3: queue_depth reads in flight from one thread")
 class UringEngine(SlotEngine):
     """io_uring reads: one thread keeps up to `queue_depth` O_DIRECT reads in flight.
@@ -90,6 +103,10 @@ class UringEngine(SlotEngine):
         liburing.io_uring_queue_init(max(2, 1 << (k - 1).bit_length()), self._ring, 0)
         self._cqe = liburing.io_uring_cqe()
         self._open = True
+        self._tickets: dict[int, _Ticket] = {}  # asynchronous batches not finished yet, by id
+        self._queue: list[_Ticket] = []  # tickets with reads not yet in the ring, FIFO
+        self._inflight = 0  # asynchronous reads in the ring
+        self._next_id = 1
 
     def submit(self, offsets: Sequence[int] | np.ndarray, sizes: Sequence[int] | np.ndarray,
                out: Sequence[Any] | None = None) -> None:
@@ -98,6 +115,11 @@ class UringEngine(SlotEngine):
             return
         if not self._open:
             raise ValueError("submit on a closed UringEngine")
+        if out is not None:  # into the caller's buffers: the asynchronous path, waited for at once
+            self.finish(self.start([int(x) for x in offsets], [int(x) for x in sizes], out))
+            return
+        while self._inflight:  # the slot loop below owns the ring: let started batches complete first
+            self._reap(block=True)
         biggest = int(max(sizes))
         if biggest > self._cap:
             self._grow(biggest)
@@ -137,6 +159,91 @@ class UringEngine(SlotEngine):
             if pread_full(self._fd, view[: int(sizes[j])], int(offsets[j])) != sizes[j]:
                 raise short_read_error(self.path, int(offsets[j]), int(sizes[j]))
 
+    # ------------------------------------------------------------------------------------------ asynchronous
+    def start(self, offsets: Sequence[int], sizes: Sequence[int], out: Sequence[Any]) -> "_Ticket":
+        """Put the reads of one batch in flight (up to ``queue_depth`` reads of all started batches at a time) and
+        return at once; :meth:`finish` waits for them. Why: the online engine starts a layer's speculative reads
+        and computes attention meanwhile on the same thread, with no I/O thread competing for the GIL or a core.
+        Reads land in ``out[j]`` (caller's page-aligned buffers, required). Reads beyond the queue depth enter the
+        ring as earlier ones complete, whenever :meth:`poll` or :meth:`finish` runs."""
+        if not self._open:
+            raise ValueError("start on a closed UringEngine")
+        t = _Ticket(self._next_id, list(offsets), list(sizes), list(out))
+        self._next_id = self._next_id % 0xFFFFF + 1
+        if t.n:
+            self._tickets[t.id] = t
+            self._queue.append(t)
+            self._fill()
+            self._lu.io_uring_submit(self._ring)
+        return t
+
+    def _fill(self) -> None:
+        """Move queued reads into free ring slots (no syscall; the caller submits)."""
+        lu, ring, qd = self._lu, self._ring, self.queue_depth
+        get_sqe, prep_read, set_data = lu.io_uring_get_sqe, lu.io_uring_prep_read, lu.io_uring_sqe_set_data64
+        fd = self._fd
+        while self._queue and self._inflight < qd:
+            t = self._queue[0]
+            room = min(qd - self._inflight, t.n - t.sent)
+            offs, sizes, out, tid = t.offsets, t.sizes, t.out, t.id
+            for j in range(t.sent, t.sent + room):
+                sqe = get_sqe(ring)
+                prep_read(sqe, fd, out[j], sizes[j], offs[j])
+                set_data(sqe, (tid << 32) | j)
+            t.sent += room
+            self._inflight += room
+            if t.sent == t.n:
+                self._queue.pop(0)
+
+    def _reap(self, block: bool) -> None:
+        """Take every ready completion (and, if ``block``, wait for at least one), refill and submit."""
+        lu, ring, cqe = self._lu, self._ring, self._cqe
+        if block:
+            rc = lu.io_uring_wait_cqe(ring, cqe)
+            if rc < 0:
+                raise OSError(-rc, f"io_uring_wait_cqe failed: {os.strerror(-rc)}")
+        n = lu.io_uring_cq_ready(ring)
+        for _ in range(n):
+            lu.io_uring_wait_cqe(ring, cqe)  # one is ready: no syscall
+            res, data = cqe.res, cqe.user_data
+            lu.io_uring_cq_advance(ring, 1)
+            self._inflight -= 1
+            t = self._tickets.get(data >> 32)
+            if t is None:  # pragma: no cover - a read of a synchronous submit cannot be in the ring here
+                continue
+            j = data & 0xFFFFFFFF
+            t.done += 1
+            if res != t.sizes[j]:
+                if res < 0:
+                    t.error = t.error or OSError(-res, f"io_uring read at offset {t.offsets[j]} failed: "
+                                                       f"{os.strerror(-res)}")
+                else:
+                    t.short.append(j)
+        if self._queue:
+            self._fill()
+            lu.io_uring_submit(ring)
+
+    def poll(self) -> None:
+        """Reap ready completions and refill the ring from started batches; never blocks."""
+        if self._inflight:
+            self._reap(block=False)
+
+    def ready(self, t: "_Ticket") -> bool:
+        """Whether every read of batch ``t`` completed (after a non-blocking :meth:`poll`)."""
+        self.poll()
+        return t.done >= t.n
+
+    def finish(self, t: "_Ticket") -> None:
+        """Wait until every read of batch ``t`` completed (raises its first error)."""
+        while t.done < t.n:
+            self._reap(block=True)
+        self._tickets.pop(t.id, None)
+        for j in t.short:  # a short read only happens at end of file: retry synchronously to be sure
+            if pread_full(self._fd, memoryview(t.out[j])[: t.sizes[j]], t.offsets[j]) != t.sizes[j]:
+                raise short_read_error(self.path, t.offsets[j], t.sizes[j])
+        if t.error is not None:
+            raise t.error
+
     def _drain_quietly(self, inflight: int) -> None:
         lu = self._lu
         while inflight > 0:
@@ -147,6 +254,8 @@ class UringEngine(SlotEngine):
 
     def close(self) -> None:
         if self._open:
+            while self._inflight:  # the kernel must not write into buffers the caller may free
+                self._reap(block=True)
             self._open = False
             self._lu.io_uring_queue_exit(self._ring)
             self.file.close()
