@@ -19,7 +19,7 @@ from coact.plots import Panel, bar_panels
 from coact.progress import track
 from coact.stats import CoactStats
 from coact.trace import Trace
-from coact.workflow import bundle_bytes, layout_objective, require, solve_layouts
+from coact.workflow import layout_objective, require, solve_layouts, trace_bundle_bytes
 from runtime.replay import simulate
 from solvers import get_solver
 from solvers.bounds import adjacency_upper_bound, gap_to_bound
@@ -147,7 +147,7 @@ def run_compare(
     if st.unit_widths != tr.unit_widths:
         raise CoactError(f"statistics have {st.n_layers} units of widths {st.unit_widths[:8]}..., the trace "
                          f"{tr.n_layers} of {tr.unit_widths[:8]}...: not the same model's units")
-    bb = bundle_bytes(bundle, dtype, int(tr.meta["d_model"]))
+    bb = trace_bundle_bytes(tr.meta, bundle, dtype)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cmp = compare_solvers(st, tr.packed(start, stop), solvers, bundle_bytes=bb, collapse_gap=collapse, seed=seed,

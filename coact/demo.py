@@ -20,8 +20,8 @@ from coact.plots import Panel, bar_panels
 from coact.progress import bars
 from coact.sparsify import get_sparsifier
 from coact.trace import Trace
-from coact.workflow import bundle_bytes, capture, choose_operating_point, count, layout_objective, \
-    measure_perplexity, pack, solve_layouts
+from coact.workflow import capture, choose_operating_point, count, layout_objective, \
+    measure_perplexity, pack, solve_layouts, trace_bundle_bytes
 from runtime.replay import replay, simulate
 
 
@@ -110,7 +110,7 @@ def run_demo(cfg: DemoConfig, *, progress: bool = True, log: Any = print) -> dic
     log(f"[6/8] solving with {', '.join(cfg.solvers)}")
     layouts = solve_layouts(stats, cfg.solvers, out / "layouts", seed=cfg.seed, progress=progress)
     heldout = trace.packed(P, P + H)
-    bb = bundle_bytes(cfg.bundle, cfg.dtype, handle.d_model)
+    bb = trace_bundle_bytes(trace.meta, cfg.bundle, cfg.dtype)
     rows: list[dict[str, Any]] = []
     reports: dict[str, Any] = {}
     log(f"[7/8] packing ({cfg.bundle}, {cfg.dtype}, {bb} B/bundle), replaying {H} held-out tokens with O_DIRECT"
@@ -123,7 +123,7 @@ def run_demo(cfg: DemoConfig, *, progress: bool = True, log: Any = print) -> dic
     for spec, (layout, res) in layouts.items():
         pack_path = pack(handle, layout, pack_dir / f"{spec}.pack", bundle=cfg.bundle, dtype=cfg.dtype,
                          progress=progress)
-        sim = simulate(layout, heldout, trace.n_neurons, bundle_bytes=bb, collapse_gap=cfg.collapse)
+        sim = simulate(layout, heldout, trace.unit_widths, bundle_bytes=bb, collapse_gap=cfg.collapse)
         rep = replay(pack_path, layout, heldout, collapse_gap=cfg.collapse, engine=cfg.engine, progress=bars(progress))
         if rep.counts_dict() != sim.counts_dict():
             raise RuntimeError(f"{spec}: replay counts differ from the simulator's; this is a bug")

@@ -410,6 +410,10 @@ def _capture_locked(handle: Any, stream: np.ndarray, config: CaptureConfig, out:
         "n_layers": handle.n_layers,
         "n_neurons": handle.n_neurons,
         "d_model": handle.d_model,
+        # Which FFN parts carry a per-neuron bias (gate/up): packs store it with the neuron (width d_model + 1), so
+        # simulated byte counts need it too (coact.workflow.bundle_bytes).
+        "neuron_bias_parts": sorted(k[: -len("_bias")] for k in handle.ffn_weights(0)
+                                    if k.endswith("_bias") and k != "down_bias"),
         "sparsifier": sp.params(),
         "achieved_sparsity": [round(float(x), 6) for x in inactive],
         **({"units": [u.to_dict() for u in units]} if getattr(handle, "units", None) is not None else {}),

@@ -32,7 +32,7 @@ from runtime.report import Report
 from solvers import get_solver
 
 __all__ = ["capture", "held_out_accuracy", "accuracy_line", "count", "solve_layouts", "layout_objective",
-           "check_compatible", "unit_widths", "bundle_bytes", "pack", "EXPERT_ORDERS",
+           "check_compatible", "unit_widths", "bundle_bytes", "trace_bundle_bytes", "pack", "EXPERT_ORDERS",
            "ensure_pack", "evaluate_layouts", "replay_pack", "export", "require", "measure_perplexity"]
 
 
@@ -246,13 +246,22 @@ def check_compatible(layout: Layout, target: Any, what: str = "trace") -> None:
         raise CoactError(f"layout is for model {layout.model_id!r}, the {what} is from {target.model_id!r}")
 
 
-def bundle_bytes(bundle: str, dtype: str, d_model: int) -> int:
-    """Bytes of one neuron's bundle (docs/DESIGN.md §2: parts x d_model x dtype size)."""
+def bundle_bytes(bundle: str, dtype: str, d_model: int, bias_parts: Sequence[str] = ()) -> int:
+    """Bytes of one neuron's bundle (docs/DESIGN.md §2: parts x width x dtype size), as :mod:`runtime.pack` writes
+    it: width = d_model, plus one value per part when a stored part (gate, up) has a per-neuron bias
+    (`bias_parts`, recorded in a trace's ``neuron_bias_parts``)."""
     if bundle not in BUNDLES:
         raise CoactError(f"unknown bundle {bundle!r}; choose from {', '.join(BUNDLES)}")
     if dtype not in DTYPES:
         raise CoactError(f"unknown dtype {dtype!r}; choose from {', '.join(DTYPES)}")
-    return len(BUNDLES[bundle]) * int(d_model) * DTYPES[dtype].itemsize
+    width = int(d_model) + int(any(p in bias_parts for p in BUNDLES[bundle] if p != "down"))
+    return len(BUNDLES[bundle]) * width * DTYPES[dtype].itemsize
+
+
+def trace_bundle_bytes(meta: dict[str, Any], bundle: str, dtype: str) -> int:
+    """:func:`bundle_bytes` of the model a trace was captured from (traces older than ``neuron_bias_parts``:
+    no biases)."""
+    return bundle_bytes(bundle, dtype, int(meta["d_model"]), meta.get("neuron_bias_parts") or ())
 
 
 def evaluate_layouts(layouts: Sequence[str | Path], trace: str | Path | Trace, *, start: int = 0,
@@ -261,7 +270,7 @@ def evaluate_layouts(layouts: Sequence[str | Path], trace: str | Path | Trace, *
     """Simulated metrics (runs, reads, bytes; no disk I/O) of each layout file on tokens [start, stop) of a trace:
     one row per layout with the report's overall figures."""
     tr = trace if isinstance(trace, Trace) else Trace.load(require(trace, "trace"))
-    bb = bundle_bytes(bundle, dtype, int(tr.meta["d_model"]))
+    bb = trace_bundle_bytes(tr.meta, bundle, dtype)
     lays = []
     for lp in layouts:
         lay = load_layout(require(lp, "layout"))

@@ -26,7 +26,7 @@ from coact.models import load_model
 from coact.online import FlashModel, greedy, model_step, new_kv_for, rounded_ffn
 from coact.sparsify import get_sparsifier
 from coact.trace import Trace, forward_activations
-from coact.workflow import capture, count, pack, replay_pack, solve_layouts
+from coact.workflow import capture, count, pack, replay_pack, solve_layouts, trace_bundle_bytes
 from common.bits import pack_bits, unpack_bits
 from runtime.direct import direct_io_supported
 from runtime.layout import Layout
@@ -166,6 +166,8 @@ def test_family_pipeline(family, overrides, work, corpus):
     assert rep.n_tokens == TOKENS and rep.active == active and rep.loaded == active  # no cache: every active read
     with PackFile(out / "up-down.pack") as pf:
         assert rep.bytes_requested == active * pf.bundle_bytes
+        # The simulator's byte figures use the same bundle size as the pack (biases widen every part by one value).
+        assert trace_bundle_bytes(tr.meta, "up-down", "fp32") == pf.bundle_bytes
 
 
 @pytest.mark.parametrize("family,overrides", CASES, ids=IDS)
