@@ -80,3 +80,13 @@ def save_tiny_model(folder: Path, seed: int = 0, *, hidden: int = 32, ffn: int =
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     return save_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+def wiki_excerpt(tmp_path_factory, chars: int) -> str:
+    """The first `chars` characters of WikiText-2 (a repeated sentence if the shared corpus is absent) written to a
+    temporary file: the small real text the tiny-model family tests capture from."""
+    text = Path(__file__).resolve().parent.parent / "../shared/corpora/wikitext2-test.txt"
+    body = text.read_text(encoding="utf-8")[:chars] if text.exists() else "the quick brown fox. " * (chars // 20)
+    p = tmp_path_factory.mktemp("corpus") / "text.txt"
+    p.write_text(body, encoding="utf-8")
+    return str(p)

@@ -31,6 +31,7 @@ from common.bits import pack_bits, unpack_bits
 from runtime.direct import direct_io_supported
 from runtime.layout import Layout
 from runtime.pack import PackFile
+from conftest import wiki_excerpt
 
 TOKENS, CTX = 96, 32
 #: Every registered dense family, plus a gated family with FFN biases (Llama's mlp_bias) so gated biases are
@@ -52,11 +53,7 @@ def _frozen_heap():
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> str:
-    text = (Path(__file__).resolve().parent.parent / "../shared/corpora/wikitext2-test.txt")
-    body = text.read_text(encoding="utf-8")[:4000] if text.exists() else "the quick brown fox. " * 200
-    p = tmp_path_factory.mktemp("corpus") / "text.txt"
-    p.write_text(body, encoding="utf-8")
-    return str(p)
+    return wiki_excerpt(tmp_path_factory, 4000)
 
 
 @pytest.fixture(scope="module")

@@ -39,6 +39,7 @@ from runtime.device import CostModel
 from runtime.layout import Layout, Unit, export_layout, load_layout, save_layout
 from runtime.pack import PackFile, expert_order, write_pack
 from runtime.replay import replay, simulate
+from conftest import wiki_excerpt
 
 TOKENS, CTX = 96, 32
 MOE = [f for f in FAMILIES.names() if FAMILIES.get(f)().moe]
@@ -48,11 +49,7 @@ IDS = [f if not kw else f + "+mixed" for f, kw in CASES]
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> str:
-    text = Path(__file__).resolve().parent.parent / "../shared/corpora/wikitext2-test.txt"
-    body = text.read_text(encoding="utf-8")[:4000] if text.exists() else "the quick brown fox. " * 200
-    p = tmp_path_factory.mktemp("corpus") / "text.txt"
-    p.write_text(body, encoding="utf-8")
-    return str(p)
+    return wiki_excerpt(tmp_path_factory, 4000)
 
 
 # ------------------------------------------------------------------------------------- units of different widths

@@ -34,6 +34,7 @@ from coact.models import load_model
 from coact.sparsify import get_sparsifier
 from coact.trace import forward_activations
 from coact.workflow import capture, choose_operating_point
+from conftest import wiki_excerpt
 
 CTX = 32
 MIXED = {"mlp_only_layers": [0]}  # Qwen2-MoE: layer 0 dense (64 wide), layer 1 four experts of 32
@@ -41,11 +42,7 @@ MIXED = {"mlp_only_layers": [0]}  # Qwen2-MoE: layer 0 dense (64 wide), layer 1 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> str:
-    text = Path(__file__).resolve().parent.parent / "../shared/corpora/wikitext2-test.txt"
-    body = text.read_text(encoding="utf-8")[:6000] if text.exists() else "the quick brown fox. " * 300
-    p = tmp_path_factory.mktemp("corpus") / "text.txt"
-    p.write_text(body, encoding="utf-8")
-    return str(p)
+    return wiki_excerpt(tmp_path_factory, 6000)
 
 
 @pytest.fixture(scope="module")
