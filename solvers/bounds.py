@@ -96,7 +96,7 @@ except ImportError:  # pragma: no cover - other scipy versions
 
 from common.executors import get_executor
 from common.progress import ProgressFn
-from solvers.candidates import top_k_per_row
+from solvers.candidates import insert_top_k, top_k_per_row
 from solvers.errors import SolverError
 from solvers.graph import as_graph, resolve_graph
 
@@ -219,17 +219,7 @@ def _dense_pass(C, n, lam, mu, indptr, indices, r, cand, vals):  # pragma: no co
                 continue
             if j > i:
                 tot += red
-            if r == 0 or (m == r and red <= vals[i, r - 1]):
-                continue
-            p = m if m < r else r - 1
-            while p > 0 and vals[i, p - 1] < red:
-                vals[i, p] = vals[i, p - 1]
-                cand[i, p] = cand[i, p - 1]
-                p -= 1
-            vals[i, p] = red
-            cand[i, p] = j
-            if m < r:
-                m += 1
+            m = insert_top_k(vals, cand, i, m, r, red, j)
         for e in range(indptr[i], indptr[i + 1]):
             mark[indices[e]] = False
     return tot

@@ -22,6 +22,23 @@ import scipy.sparse as sp
 from numba import njit
 
 
+@njit(cache=True, inline="always")
+def insert_top_k(vals, ids, i, m, k, s, item):  # pragma: no cover - compiled
+    """Offer ``item`` with score ``s`` to row i's k-slot buffer (``vals[i, :m]`` sorted descending, ``ids`` beside
+    it; equal scores never overtake, so the earlier offer wins a tie); returns the new fill count. The one insertion
+    step behind every per-row top-k here and in the LP bound's pricing (:mod:`solvers.bounds`)."""
+    if k == 0 or (m == k and s <= vals[i, k - 1]):
+        return m
+    p = m if m < k else k - 1
+    while p > 0 and vals[i, p - 1] < s:
+        vals[i, p] = vals[i, p - 1]
+        ids[i, p] = ids[i, p - 1]
+        p -= 1
+    vals[i, p] = s
+    ids[i, p] = item
+    return m + 1 if m < k else m
+
+
 @njit(cache=True)
 def _top_k_kernel(indptr, score, mask, k, pos, vals):
     """Fill pos[i, :] / vals[i, :] with row i's k best entries (score descending, ties by position); pos = -1 and
@@ -30,20 +47,8 @@ def _top_k_kernel(indptr, score, mask, k, pos, vals):
     for i in range(n):
         m = 0  # filled slots, kept sorted by score descending; equal scores never overtake (earlier entry first)
         for e in range(indptr[i], indptr[i + 1]):
-            if not mask[e]:
-                continue
-            s = score[e]
-            if m == k and s <= vals[i, k - 1]:
-                continue
-            p = m if m < k else k - 1
-            while p > 0 and vals[i, p - 1] < s:
-                vals[i, p] = vals[i, p - 1]
-                pos[i, p] = pos[i, p - 1]
-                p -= 1
-            vals[i, p] = s
-            pos[i, p] = e
-            if m < k:
-                m += 1
+            if mask[e]:
+                m = insert_top_k(vals, pos, i, m, k, score[e], e)
 
 
 def top_k_per_row(indptr: np.ndarray, score: np.ndarray, k: int,
