@@ -282,6 +282,16 @@ class FlashFFNReader(Closing):
         starts, lengths = plan_reads(positions, self.collapse_gap)
         return byte_ranges(starts, lengths, base, self.bundle_bytes)
 
+    def _member(self, items: np.ndarray, members: np.ndarray) -> np.ndarray:
+        """Boolean mask of which ``items`` (neuron ids of one layer) are in ``members``: the hot path's ``np.isin``,
+        as a flag scatter and gather on reused scratch flags (reset before returning)."""
+        mark = self._mark
+        mark[members] = True
+        try:
+            return mark[items]  # fancy indexing: a copy, unaffected by the reset
+        finally:
+            mark[members] = False
+
     def _requests(self, layer: int, positions: np.ndarray, buf: _RegionBuffer) -> tuple[list, list, list]:
         """(offsets, sizes, destination views) of the reads of sorted `positions` of `layer` into `buf`."""
         offs, sizes = self._plan(layer, positions)
@@ -345,10 +355,7 @@ class FlashFFNReader(Closing):
         ids = np.unique(ids)
         res = self.cache.resident(layer)
         if res.size:
-            mark = self._mark
-            mark[res] = True
-            ids = ids[~mark[ids]]
-            mark[res] = False
+            ids = ids[~self._member(ids, res)]
         if ids.size == 0:
             return 0
         job = _Prefetch(layer, ids, np.sort(self.inverses[layer][ids]))
@@ -458,12 +465,9 @@ class FlashFFNReader(Closing):
             return out
         load = np.asarray(self.cache.filter(layer, ids), dtype=_I64)
         inv = self.inverses[layer]
-        mark = self._mark
         # loads: from the prefetch where it read them, else read now
         if job is not None:
-            mark[job.neurons] = True
-            used = mark[load]
-            mark[job.neurons] = False
+            used = self._member(load, job.neurons)
             from_pf = load[used]
             miss = load[~used]
             tok.prefetch_used += int(from_pf.size)
@@ -480,9 +484,7 @@ class FlashFFNReader(Closing):
                     self.wait()
                 self._blocking_read(tok, layer, miss_pos)
         # hits: served from the slot pool (while the reads are in flight)
-        mark[load] = True
-        hit_rows = np.flatnonzero(~mark[ids])
-        mark[load] = False
+        hit_rows = np.flatnonzero(~self._member(ids, load))
         if hit_rows.size:
             slots = self._slot[layer, ids[hit_rows]]
             if np.any(slots < 0):  # pragma: no cover - the warm-up reads every initially resident bundle
@@ -522,10 +524,7 @@ class FlashFFNReader(Closing):
         if self.capacity == 0:
             return
         res = self.cache.resident(layer)
-        mark = self._mark
-        mark[res] = True
-        new = load[mark[load]]
-        mark[res] = False
+        new = load[self._member(load, res)]
         new = new[self._slot[layer, new] < 0]
         if new.size == 0:
             return
@@ -545,10 +544,7 @@ class FlashFFNReader(Closing):
             if held.size == 0:
                 continue
             res = self.cache.resident(x)
-            mark = self._mark
-            mark[res] = True
-            gone = held[~mark[held]]
-            mark[res] = False
+            gone = held[~self._member(held, res)]
             if gone.size:
                 self._free.extend(self._slot[x, gone].tolist())
                 self._slot[x, gone] = -1
