@@ -50,7 +50,8 @@ from solvers import get_solver
 from solvers.graph import CoactGraph
 
 __all__ = ["LayerCounts", "mixture", "shrink", "to_graph", "run_stats", "mean_run_length", "pair_loglik",
-           "choose_alpha", "simplex_grid", "worst_case_weights", "maxmin_weights", "merge_stats", "shrunk_graphs",
+           "choose_alpha", "simplex_grid", "stats_layer_counts", "worst_case_weights", "maxmin_weights", "merge_stats",
+           "shrunk_graphs",
            "layer_counts", "ShrunkStats", "choose_strength", "parse_strength", "solve_shrunk", "ALPHAS"]
 
 #: Default resolution of :func:`to_graph`: weights are counts in thousandths of a token.
@@ -79,6 +80,13 @@ def layer_counts(packed: np.ndarray, n_neurons: int) -> LayerCounts:
     x = np.ascontiguousarray(unpack_bits(packed, n_neurons), dtype=np.float32)
     c = (x.T @ x).astype(np.float64)
     return LayerCounts(c, np.diagonal(c).copy(), float(x.shape[0]))
+
+
+def stats_layer_counts(stats: Any, layer: int) -> LayerCounts:
+    """Layer ``layer`` of saved dense statistics (:class:`coact.stats.CoactStats`) as real-valued
+    :class:`LayerCounts`, the form shrinkage and mixtures work in."""
+    f, c, T = stats.layer(layer)
+    return LayerCounts(np.asarray(c, dtype=np.float64), np.asarray(f, dtype=np.float64), float(T))
 
 
 def check_weights(weights: Sequence[float], n: int) -> np.ndarray:
@@ -234,9 +242,8 @@ def shrunk_graphs(stats: Any, alpha: float, resolution: int = RESOLUTION) -> Ite
     """The shrunk graph of every layer of a :class:`coact.stats.CoactStats` (one layer in memory at a time), for
     :func:`solvers.base.solve_layers`."""
     for l in range(stats.n_layers):
-        f, c, T = stats.layer(l)
-        lc = LayerCounts(np.asarray(c, dtype=np.float64), np.asarray(f, dtype=np.float64), float(T))
-        yield to_graph(shrink(lc, alpha), resolution, meta={"layer": l, "alpha": float(alpha)})
+        yield to_graph(shrink(stats_layer_counts(stats, l), alpha), resolution,
+                       meta={"layer": l, "alpha": float(alpha)})
 
 
 def merge_stats(paths: Sequence[str | Path], weights: Sequence[int] | None = None,
@@ -337,9 +344,7 @@ class ShrunkStats:
         self.meta = {**stats.meta, "shrink_alpha": self.alpha, "shrink_resolution": self.resolution}
 
     def layer(self, l: int) -> Any:
-        f, c, T = self.base.layer(l)
-        g = to_graph(shrink(LayerCounts(np.asarray(c, dtype=np.float64), np.asarray(f, dtype=np.float64), float(T)),
-                            self.alpha), self.resolution)
+        g = to_graph(shrink(stats_layer_counts(self.base, l), self.alpha), self.resolution)
         dense = g.counts.toarray()
         np.fill_diagonal(dense, g.freq)
         return stats_mod.LayerStats(g.freq, dense, int(g.n_tokens), np.zeros(self.n_neurons, np.int64), "dense")
@@ -368,10 +373,7 @@ def choose_strength(stats: Any, validation: Any, *, alphas: Sequence[float] = AL
     val = _validation_layers(validation, layers)
     if any(v.shape[1] != (stats.n_neurons + 7) // 8 for v in val):
         raise ShrinkError("the validation trace has another number of neurons than the statistics")
-    train = []
-    for l in layers:
-        f, c, T = stats.layer(l)
-        train.append(LayerCounts(np.asarray(c, dtype=np.float64), np.asarray(f, dtype=np.float64), float(T)))
+    train = [stats_layer_counts(stats, l) for l in layers]
     s = get_solver(solver)
     return choose_alpha(train, val, alphas, lambda g: s.solve(g, seed=seed))
 
