@@ -29,6 +29,14 @@ union-find, local search), and HiGHS is called through scipy with the GIL held f
 torch's intra-op threads are set to 1 if torch is loaded: with N workers on N cores, a BLAS or ``prange`` call inside
 a job would otherwise start N threads per worker (N² threads fighting for N cores).
 
+**Workers at the caller's priority.** Ray starts its workers at ``nice 15`` by default (to keep its own daemons
+responsive). On a 2-core machine that made every niced background job (a bound run at ``nice 10``) win the CPU
+against coact's Ray workers but not against the process pool's (which inherit the caller's priority): measured,
+the same 32 solves took 40 % more CPU wall time per layer with 2 Ray workers than with 1, and Ray's 2-vs-1 speed-up
+was 1.47x against the pool's 1.97x. A local instance started here therefore sets ``worker_niceness`` to 0 (Ray's
+``_system_config``); an existing cluster (``ray:ADDRESS``) keeps its own setting (``RAY_worker_niceness`` when the
+cluster is started).
+
 **Measuring a speed-up on a shared machine.** The ratio of two wall times is only meaningful when both runs see the
 same background load: measure them interleaved and repeated (``bench/bench_scale.py --steps ray``), and report the
 load next to each number. Under a load of 15 on 2 cores, a per-layer CPU time of 0.5 s becomes 5 s of wall time.
@@ -215,6 +223,7 @@ class RayExecutor(_Base):
                 kw["address"] = address
             else:
                 kw["num_cpus"] = int(workers) if workers else (os.cpu_count() or 1)
+                kw["_system_config"] = {"worker_niceness": 0}
                 # a local instance's workers see this process's import path (as the spawn pool's do), so functions
                 # defined in scripts and test modules unpickle there too
                 path = [p for p in sys.path if p and os.path.isdir(p)]

@@ -23,6 +23,12 @@ def _slow_square(x: int) -> int:
     return x * x
 
 
+def _niceness(_: int) -> int:
+    import os
+
+    return os.nice(0)
+
+
 def _thread_env(_: int) -> dict:
     import os
 
@@ -106,6 +112,9 @@ def test_ray_identical_to_serial(ray_executor, graphs, serial_perms):
     assert ray_executor.workers == 2
     assert ray_executor.map(_slow_square, range(7)) == [x * x for x in range(7)]
     assert all(set(env.values()) == {"1"} for env in ray_executor.map(_thread_env, range(2)))
+    # Ray's default runs workers at nice 15; a local instance started by coact runs them at the caller's priority
+    # (as the process pool does), so any niced background job does not starve them.
+    assert set(ray_executor.map(_niceness, range(4))) == {_niceness(0)}
     with pytest.raises(ValueError, match="item 3"):
         ray_executor.map(_boom, range(6))
     for solver, want in serial_perms.items():
