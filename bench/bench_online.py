@@ -23,7 +23,10 @@ Writes bench/results/online.json, online.md, online_sweep.png, online_accuracy_l
 before/after comparison reuses the very same files; ``--flash-kw '{"exact": false}'`` runs the compact FFN path;
 ``--fio`` records one pipeline's request lists at ``--fio-point`` and replays them with fio
 (:func:`runtime.fio.compare_with_fio`); rounds alternate the pipeline order and log the load average.
-Results of this session: bench/results/online_targets.md.
+``--variants '{"off": {"lookahead": 0}, "mid": {"lookahead": "mid"}}'`` runs every pipeline once per named set of
+extra FlashModel keyword arguments in the same interleaved rounds (A/B side by side in one process; "vs coact"
+compares within a variant, and the look-ahead table compares each variant with the first).
+Results: bench/results/online_targets.md, bench/results/online_lookahead.md.
 
 Usage: .venv/bin/python bench/bench_online.py [--tokens 16] [--repeats 2] [--budgets 0.05,0.2] [--stress 0.9]
 """
@@ -32,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pickle
 import statistics
 import sys
 import tempfile
@@ -146,16 +150,38 @@ def fio_check(pack: Path, h: Any, sp: Any, opts: dict[str, Any], *, budget: floa
     return res
 
 
+def same_runs(variants: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """For the dense-from-flash pipeline, the first variant that runs the same configuration as each variant:
+    the dense plan has no predictor, so only whether a look-ahead is on matters (the other look-ahead options
+    and the margins change nothing); those variants share one set of runs."""
+    from coact.online import parse_lookahead
+
+    def key(kw: dict[str, Any]) -> str:
+        k = {a: b for a, b in kw.items() if a not in ("lookahead", "lookahead_margin", "margin", "predictor")}
+        return json.dumps([k, parse_lookahead(kw.get("lookahead", 0)) != "off"], sort_keys=True, default=str)
+
+    first: dict[str, str] = {}
+    return {v: first.setdefault(key(kw), v) for v, kw in variants.items()}
+
+
 def row_of(rep: dict[str, Any]) -> dict[str, Any]:
     ms = rep["ms_per_token"]
+    io = ms["io_total"] or 0.0
+    over = ms["wall"] / max(ms["compute"] or 0.0, io) if ms["wall"] and max(ms["compute"] or 0.0, io) > 0 else None
+    pf = rep["prefetch"]
     return {"tokens_per_s": rep["tokens_per_s"], "ms_per_token": ms["wall"], "p50_ms": ms["p50"],
             "p99_ms": ms["p99"], "compute_ms": ms["compute"], "attention_ms": ms["attention"], "gate_ms": ms["gate"],
             "ffn_ms": ms["ffn"], "decode_cache_ms": ms["decode_and_cache"], "io_wait_ms": ms["io_wait"],
             "io_total_ms": ms["io_total"], "io_hidden_ms": ms["io_hidden"],
             "mb_read_per_token": rep["per_token"]["bytes_read"] / 1e6, "reads_per_token": rep["per_token"]["reads"],
-            "hit_rate": rep["hit_rate"], "prefetch_precision": rep["prefetch"]["precision_vs_load"],
-            "prefetch_recall": rep["prefetch"]["recall_vs_load"],
-            "dram_cache_mb": rep["dram"]["cache_bytes"] / 1e6}
+            "hit_rate": rep["hit_rate"], "prefetch_precision": pf["precision_vs_load"],
+            "prefetch_recall": pf["recall_vs_load"], "predictor_precision": pf["predictor_precision"],
+            "predictor_recall": pf["predictor_recall"], "lookahead_precision": pf.get("lookahead_precision"),
+            "lookahead_recall": pf.get("lookahead_recall"), "wall_over_max": over,
+            "predict_ms": ms["predict"], "attention_ms_total": ms["attention"],
+            "wasted_mb_per_token": rep["per_token"]["wasted_bytes"] / 1e6,
+            "covered_per_token": rep["per_token"].get("covered"), "loaded_per_token": rep["per_token"]["loaded"],
+            "dram_cache_mb": rep["dram"]["cache_bytes"] / 1e6, "read_buffers_mb": rep["dram"]["read_buffers"] / 1e6}
 
 
 def median_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -186,6 +212,8 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "online.json"))
     ap.add_argument("--flash-kw", default="", help="extra FlashModel keyword arguments as JSON, e.g. "
                     "'{\"exact\": false}' (the k-sized compute path)")
+    ap.add_argument("--variants", default="", help="JSON {name: extra FlashModel kwargs}: every pipeline runs once "
+                    "per variant in the same interleaved rounds, e.g. '{\"off\": {}, \"mid\": {\"lookahead\": 1}}'")
     ap.add_argument("--torch-threads", type=int, default=0, help="torch.set_num_threads for the run (0: leave)")
     ap.add_argument("--fio", action="store_true", help="replay one pipeline's request lists with fio")
     ap.add_argument("--fio-point", type=float, default=0.2, help="accuracy budget of the fio check")
@@ -216,6 +244,7 @@ def main() -> None:
         points.append((f"stress {args.stress:.0%}", {"sparsity": args.stress}))
 
     flash_kw = json.loads(args.flash_kw) if args.flash_kw else {}
+    variants: dict[str, dict[str, Any]] = json.loads(args.variants) if args.variants else {"": {}}
     if args.torch_threads:
         import torch
 
@@ -234,6 +263,13 @@ def main() -> None:
         prof = pt["trace"].packed()
 
         def configs(budget: float) -> dict[str, tuple[Path, dict[str, Any], Any]]:
+            # coact's cache and collapse choice simulates the profiling trace (minutes on a loaded machine): the
+            # resolved options are cached in the workdir next to the layouts and packs they were chosen for
+            tag = label.replace(" ", "_").replace("%", "").replace("+", "p")
+            cached = work / f"configs-{tag}-{budget}-{args.engine.replace(':', '_')}.pkl"
+            if cached.exists():
+                log(f"  reusing {cached.name}")
+                return pickle.loads(cached.read_bytes())
             out = {}
             for name in PIPES:
                 key = LAYOUT_OF[name]
@@ -242,27 +278,36 @@ def main() -> None:
                                                            engine=args.engine.split(":")[0],
                                                            queue_depth=int(args.engine.split(":")[1]))
                 out[name] = (packs[key], opts, pipe.describe())
+            cached.write_bytes(pickle.dumps(out))
             return out
 
         cfgs = configs(args.budget)
-        per: dict[str, list[dict[str, Any]]] = {n: [] for n in PIPES}
+        same = same_runs(variants)
+        runs = [(v, name) for name in PIPES for v in variants if name != "dense" or same[v] == v]
+        per: dict[tuple[str, str], list[dict[str, Any]]] = {k: [] for k in runs}
         for r in range(args.repeats):
-            order = PIPES if r % 2 == 0 else PIPES[::-1]  # interleaved, alternating order
-            for name in order:
+            order = runs if r % 2 == 0 else runs[::-1]  # interleaved, alternating order
+            for v, name in order:
                 pack, opts, _ = cfgs[name]
                 la = os.getloadavg()[0]
-                per[name].append(row_of(run_engine(pack, h, sp, opts, budget=args.budget, cm=cm, prompt=prompt,
-                                                   tokens=args.tokens, flash_kw=flash_kw)))
-                rounds.append({"point": label, "round": r, "pipeline": name, "load1": la,
-                               "tokens_per_s": per[name][-1]["tokens_per_s"]})
-                log(f"  round {r} {name}: {per[name][-1]['tokens_per_s']:.2f} tok/s (load {la:.1f})")
-        for name in PIPES:
-            tps = [x["tokens_per_s"] for x in per[name]]
-            results.append({"point": label, "pipeline": name, "budget": args.budget, "mean_sparsity": mean_sp,
+                per[v, name].append(row_of(run_engine(pack, h, sp, opts, budget=args.budget, cm=cm, prompt=prompt,
+                                                      tokens=args.tokens, flash_kw={**flash_kw, **variants[v]})))
+                per[v, name][-1]["load1"] = la
+                rounds.append({"point": label, "round": r, "pipeline": name, "variant": v, "load1": la,
+                               "tokens_per_s": per[v, name][-1]["tokens_per_s"],
+                               "wall_over_max": per[v, name][-1]["wall_over_max"]})
+                log(f"  round {r} {name}{' ' + v if v else ''}: {per[v, name][-1]['tokens_per_s']:.2f} tok/s "
+                    f"(load {la:.1f})")
+        for v, name in [(v, name) for name in PIPES for v in variants]:
+            src = (same[v] if name == "dense" else v, name)  # dense: the variant it shares its runs with
+            tps = [x["tokens_per_s"] for x in per[src]]
+            results.append({"point": label, "pipeline": name, "variant": v, "flash_kw": {**flash_kw, **variants[v]},
+                            "runs_of": src[0],
+                            "budget": args.budget, "mean_sparsity": mean_sp,
                             "ppl_dense": acc["dense"]["ppl"], "ppl": acc["sparse"]["ppl"],
                             "ppl_cost": acc["ppl_cost"], "config": cfgs[name][2],
                             "ripple_solve_s": pt["ripple_solve_s"], "best_solve_s": pt["best_solve_s"],
-                            "tokens_per_s_rounds": tps, **median_row(per[name])})
+                            "tokens_per_s_rounds": tps, **median_row(per[src])})
         if args.fio and label == f"+{args.fio_point:.0%}":
             pack, opts, _ = cfgs[args.fio_pipeline]
             fio = fio_check(pack, h, sp, opts, budget=args.budget, cm=cm, prompt=prompt, tokens=args.tokens,
@@ -285,14 +330,15 @@ def main() -> None:
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"config": vars(args), "load_avg_start": load0, "load_avg_end": os.getloadavg(),
+    meta = {"config": vars(args), "command": " ".join(sys.argv), "load_avg_start": load0,
+            "load_avg_end": os.getloadavg(),
             "wall_s": time.time() - t_start, "prompt_tokens": len(prompt)}
     out.write_text(json.dumps({"meta": meta, "rows": results, "sweep": sweep, "rounds": rounds, "fio": fio},
                               indent=1, default=str))
     md = render(results, sweep, meta)
     out.with_suffix(".md").write_text(md)
     if not args.no_plot:
-        plot(results, sweep, out.parent)
+        plot([r for r in results if r["variant"] == next(iter(variants))], sweep, out.parent)
     print(md)
 
 
@@ -301,26 +347,58 @@ def _f(x: Any, spec: str = ".2f") -> str:
 
 
 def render(results: list[dict[str, Any]], sweep: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    variants = list(dict.fromkeys(r.get("variant", "") for r in results))
     lines = [f"load average {meta['load_avg_start'][0]:.1f} -> {meta['load_avg_end'][0]:.1f}; "
              f"{meta['wall_s'] / 60:.0f} min", "",
-             "| point | pipeline | ppl (cost) | tok/s | vs coact | ms/tok | p99 | compute | I/O wait | I/O hidden | "
-             "wall / max(compute, I/O) | MB/tok | reads/tok | hit | prefetch prec/rec |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    by_point: dict[str, dict[str, dict[str, Any]]] = {}
+             "| point | variant | pipeline | ppl (cost) | tok/s | vs coact | ms/tok | p99 | compute | I/O wait | "
+             "I/O total | I/O hidden | wall / max(compute, I/O) | MB/tok | reads/tok | hit | prefetch prec/rec | "
+             "look-ahead prec/rec |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    by_point: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
     for r in results:
-        by_point.setdefault(r["point"], {})[r["pipeline"]] = r
-    for point, rows in by_point.items():
+        by_point.setdefault((r["point"], r.get("variant", "")), {})[r["pipeline"]] = r
+    for (point, variant), rows in by_point.items():
         c = rows.get("coact", {}).get("tokens_per_s")
         for name, r in rows.items():
-            io = r["io_total_ms"] or 0.0
-            ratio = r["ms_per_token"] / max(r["compute_ms"] or 0.0, io) if r["ms_per_token"] else None
             vs = (c / r["tokens_per_s"]) if c and r["tokens_per_s"] else None
-            lines.append(f"| {point} | {name} | {r['ppl']:.2f} ({r['ppl_cost']:+.1%}) | {_f(r['tokens_per_s'])} | "
-                         f"{_f(vs)}x | {_f(r['ms_per_token'], '.0f')} | {_f(r['p99_ms'], '.0f')} | "
-                         f"{_f(r['compute_ms'], '.0f')} | {_f(r['io_wait_ms'], '.0f')} | "
-                         f"{_f(r['io_hidden_ms'], '.0f')} | {_f(ratio)} | {_f(r['mb_read_per_token'], '.1f')} | "
+            lines.append(f"| {point} | {variant or '-'} | {name} | {r['ppl']:.2f} ({r['ppl_cost']:+.1%}) | "
+                         f"{_f(r['tokens_per_s'])} | {_f(vs)}x | {_f(r['ms_per_token'], '.0f')} | "
+                         f"{_f(r['p99_ms'], '.0f')} | {_f(r['compute_ms'], '.0f')} | {_f(r['io_wait_ms'], '.0f')} | "
+                         f"{_f(r['io_total_ms'], '.0f')} | {_f(r['io_hidden_ms'], '.0f')} | "
+                         f"{_f(r.get('wall_over_max'))} | {_f(r['mb_read_per_token'], '.1f')} | "
                          f"{_f(r['reads_per_token'], '.0f')} | {_f(r['hit_rate'])} | "
-                         f"{_f(r['prefetch_precision'])}/{_f(r['prefetch_recall'])} |")
+                         f"{_f(r['prefetch_precision'])}/{_f(r['prefetch_recall'])} | "
+                         f"{_f(r.get('lookahead_precision'))}/{_f(r.get('lookahead_recall'))} |")
+    if len(variants) > 1:
+        lines += ["", f"Each variant against `{variants[0]}` (median over rounds of the per-round tok/s ratio, the "
+                  "two runs of a round being adjacent in time):", "",
+                  "| point | pipeline | " + " | ".join(f"{v} tok/s" for v in variants) + " | "
+                  + " | ".join(f"{v} / {variants[0]}" for v in variants[1:]) + " |",
+                  "|---|---|" + "---|" * (2 * len(variants) - 1)]
+        for point in dict.fromkeys(r["point"] for r in results):
+            for name in PIPES:
+                rs = [by_point.get((point, v), {}).get(name) for v in variants]
+                if rs[0] is None or any(x is None for x in rs):
+                    continue
+                ratios = [statistics.median(a / b for a, b in zip(x["tokens_per_s_rounds"],
+                                                                  rs[0]["tokens_per_s_rounds"])) for x in rs[1:]]
+                lines.append(f"| {point} | {name} | " + " | ".join(_f(x["tokens_per_s"]) for x in rs) + " | "
+                             + " | ".join(f"{q:.2f}x" for q in ratios) + " |")
+        lines += ["", "Targets (coact over the other pipeline, median tok/s; per variant, and coact of each variant "
+                  f"over dense-from-flash of `{variants[0]}`):", "",
+                  "| point | variant | coact / llmflash | coact / ripple | coact / dense | coact / dense "
+                  f"({variants[0]}) | wall / max(compute, I/O) coact | dense |", "|---|---|---|---|---|---|---|---|"]
+        for (point, variant), rows in by_point.items():
+            c = rows.get("coact", {}).get("tokens_per_s")
+            d0 = by_point.get((point, variants[0]), {}).get("dense", {}).get("tokens_per_s")
+
+            def over(name: str) -> str:
+                t = rows.get(name, {}).get("tokens_per_s")
+                return f"{c / t:.2f}x" if c and t else "-"
+
+            lines.append(f"| {point} | {variant} | {over('llmflash')} | {over('ripple')} | {over('dense')} | "
+                         f"{_f(c / d0 if c and d0 else None)}x | {_f(rows.get('coact', {}).get('wall_over_max'))} | "
+                         f"{_f(rows.get('dense', {}).get('wall_over_max'))} |")
     if sweep:
         lines += ["", "| DRAM budget | pipeline | tok/s | ms/tok | MB/tok | hit |", "|---|---|---|---|---|---|"]
         for r in sweep:

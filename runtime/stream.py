@@ -20,8 +20,9 @@ Per (token, layer), :meth:`FlashFFNReader.fetch` does (docs/DESIGN.md §2):
    are discarded.
 
 **Memory.** The cache's data live in one slot pool of ``capacity = budget_bytes // bundle_bytes`` bundles in the
-pack dtype (the DRAM budget, exactly), plus two layer-sized read buffers (one for the prefetch in flight, one for
-the misses). Each read buffer mirrors a layer's region in the pack (byte ``b`` of the region at byte ``b`` of the
+pack dtype (the DRAM budget, exactly), plus two layer-sized read buffers: a layer in flight owns one from its
+first prefetch until its fetch returns (its prefetches and misses land in it), so at most two layers are in flight
+(the one being fetched and a look-ahead of the next). Each read buffer mirrors a layer's region in the pack (byte ``b`` of the region at byte ``b`` of the
 buffer), so a read lands where its bundles belong and decoding is a row gather, ``region[positions]``.
 
 **Slots follow the cache.** The cache protocol only says *which* bundles are resident (``filter``, ``resident``);
@@ -35,6 +36,14 @@ thread that reads them (same planning, its own buffer) while the caller computes
 ``fetch(layer, ...)`` waits for it; the time it waited is *I/O wait*, the rest of the prefetch's read time was
 *hidden* behind compute. Prefetched bundles that are not in the true load set are discarded (counted as wasted
 bytes); the cache only ever sees the true load set, so prefetch never changes the cache's state nor the result.
+
+**Look-ahead.** Prefetches of two layers may be in flight: the model asks for layer l+1's predicted bundles
+before it fetches layer l (:mod:`coact.online`, ``lookahead``). The worker runs prefetches in issue order, in
+submits of ``prefetch_chunk`` requests; while the caller waits for layer l (its prefetch, then its misses) the
+worker starts no read of another layer, so a look-ahead delays the reads needed now by at most one chunk.
+``fetch(l)`` keeps a prefetch of the layer after l in flight and gives up any other. In dense mode,
+:attr:`FlashFFNReader.lookahead` puts the next layer's whole region in flight behind the current one's (after the
+last layer: the first, for the next token).
 
 **Asynchronous engines** (``uring``: ``start``/``finish``/``ready``): the prefetch is put in flight and the call
 returns, with no worker thread (no GIL hand-offs with the model's thread); at :meth:`FlashFFNReader.fetch` the
@@ -57,9 +66,10 @@ import mmap
 import os
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -89,7 +99,9 @@ class TokenIO:
     - ``io_ns``: wall time of every submit (prefetch and misses); ``wait_ns``: time the caller was blocked on I/O
       (miss reads plus waiting for the prefetch); ``hidden_ns`` = prefetch read time the caller did not wait for;
     - ``predicted``: bundles the prefetch read (predicted and not cached); ``prefetch_used``: those in the load set
-      (precision = used / predicted, recall = used / loaded); ``wasted_bytes``: bytes of unused prefetched bundles.
+      (precision = used / predicted, recall = used / loaded); ``wasted_bytes``: bytes of unused prefetched bundles;
+    - ``covered``: loaded bundles that needed no read of their own: a prefetch of the layer read their bytes anyway
+      (4 KiB alignment, collapse gaps) into the layer's region buffer.
     """
 
     active: int = 0
@@ -104,6 +116,7 @@ class TokenIO:
     predicted: int = 0
     prefetch_used: int = 0
     wasted_bytes: int = 0
+    covered: int = 0
 
     def add(self, other: "TokenIO") -> None:
         for f in fields(self):
@@ -117,7 +130,7 @@ class _Prefetch:
     """One prefetch in flight: the layer, the positions it reads (sorted) and, when done, its timings."""
 
     __slots__ = ("layer", "neurons", "positions", "reads", "bytes_read", "io_ns", "error", "done", "ticket",
-                 "t_start", "t_done", "log")
+                 "t_start", "t_done", "log", "buf", "cancelled", "plan", "next")
 
     def __init__(self, layer: int, neurons: np.ndarray, positions: np.ndarray):
         self.layer = layer
@@ -132,6 +145,10 @@ class _Prefetch:
         self.t_start = 0
         self.t_done = 0  # when its completion was first observed (asynchronous engines)
         self.log: list | None = None
+        self.buf = 0  # index of the region buffer it reads into (its layer's)
+        self.cancelled = False  # given up: the worker skips its remaining chunks
+        self.plan: tuple[list, list, list] | None = None  # (offsets, sizes, destinations), planned by the worker
+        self.next = 0  # index of the first request not yet submitted
 
 
 class _RegionBuffer:
@@ -162,6 +179,13 @@ class FlashFFNReader(Closing):
     Use per token: :meth:`begin_token`, then per layer optionally :meth:`prefetch` and always :meth:`fetch`;
     :attr:`tokens` holds one :class:`TokenIO` per token.
     """
+
+    #: Dense mode: > 0 reads the next layer's whole region (after the last layer: the first one, for the next
+    #: token) in the background while the caller computes with this one (look-ahead; off by default).
+    lookahead: int = 0
+    #: Requests per submit of a prefetch (threaded engines; 0: a whole prefetch at once). Smaller chunks let the
+    #: reads the caller waits for overtake a look-ahead sooner, at one queue drain per chunk.
+    prefetch_chunk: int = 0
 
     def __init__(self, pack_path: str | os.PathLike[str], *, cache: Cache | None = None, engine: str = "threads:16",
                  collapse_gap: int = 0, dense: bool = False, drop_cache: bool = True,
@@ -213,10 +237,13 @@ class FlashFFNReader(Closing):
         self._free: list[int] = list(range(self.capacity - 1, -1, -1))
         self.tokens: list[TokenIO] = []
         self.warmup = TokenIO()
-        self._pending: _Prefetch | None = None
+        self._pending: list[_Prefetch] = []  # prefetches not yet consumed, in issue order (any layers)
+        self._bufs = [self._pf_buf, self._miss_buf]  # region buffers; a layer in flight owns one
+        self._buf_of: dict[int, int] = {}
         self._lock = threading.Lock()
         self._go = threading.Condition(self._lock)
-        self._job: _Prefetch | None = None
+        self._queue: list[_Prefetch] = []  # the worker's FIFO (threaded engines)
+        self._urgent: int | None = None  # a layer whose reads run first: the worker starts nothing else
         self._stop = False
         self._io_lock = threading.Lock()  # one submit at a time on the engine
         #: Engines with ``start``/``finish`` (``uring``) put reads in flight and return: prefetches and miss reads
@@ -258,14 +285,17 @@ class FlashFFNReader(Closing):
         return {"pack": str(self.path), "dtype": self.dtype, "bundle": self.bundle, "bundle_bytes": self.bundle_bytes,
                 "engine": self.engine_spec, "queue_depth": self.queue_depth, "collapse_gap": self.collapse_gap,
                 "dense": self.dense, "cache": self.cache.describe(), "cache_bytes": self.cache_bytes,
-                "dram_bytes": self.dram_bytes, "ffn_bytes": self.ffn_bytes}
+                "dram_bytes": self.dram_bytes, "ffn_bytes": self.ffn_bytes,
+                # a pack "layer" is a placement unit: one per dense layer, one per expert of an MoE layer
+                "units": self.n_layers,
+                "expert_units": sum(u.get("expert") is not None for u in self.header.get("units") or [])}
 
     # ------------------------------------------------------------------------------------------------ planning
     def _check(self, layer: int, neurons: Any) -> np.ndarray:
         if self._engine is None:
             raise StreamError("reader is closed")
         if not 0 <= int(layer) < self.n_layers:
-            raise StreamError(f"layer {layer} out of range (pack has {self.n_layers} layers)")
+            raise StreamError(f"layer {layer} out of range (pack has {self.n_layers} layers/units)")
         ids = np.asarray(neurons, dtype=_I64).reshape(-1)
         n = self.sizes[int(layer)]
         if ids.size and (ids.min() < 0 or ids.max() >= n):
@@ -327,28 +357,117 @@ class FlashFFNReader(Closing):
 
     # ------------------------------------------------------------------------------------------------ prefetch
     def _prefetch_loop(self) -> None:
+        """The worker of threaded engines: runs queued prefetches one submit of ``prefetch_chunk`` requests at a
+        time (0: a whole prefetch per submit), in FIFO order, except that while :attr:`_urgent` names a layer (the
+        model waits for that layer's bytes: its prefetch and misses) it runs only that layer's prefetches and
+        starts nothing else: a look-ahead never delays the reads the model needs now by more than the chunk
+        already in flight. Given-up prefetches are ended first."""
         while True:
             with self._go:
-                while self._job is None and not self._stop:
+                while True:
+                    if self._stop:
+                        return
+                    job = self._runnable()
+                    if job is not None:
+                        break
                     self._go.wait()
-                if self._stop:
-                    return
-                job, self._job = self._job, None
-            assert job is not None
             try:
-                job.reads, job.bytes_read, job.io_ns = self._read(job.layer, job.positions, self._pf_buf)
+                finished = self._run_chunk(job)
             except BaseException as e:  # re-raised by the caller in wait()
                 job.error = e
-            job.done.set()
+                finished = True
+            if finished:
+                with self._go:
+                    self._queue.remove(job)
+                job.done.set()
+
+    def _runnable(self) -> _Prefetch | None:
+        """The queued prefetch the worker runs next (called under the lock), or None."""
+        q = self._queue
+        for j in q:
+            if j.cancelled:
+                return j
+        if self._urgent is not None:
+            return next((j for j in q if j.layer == self._urgent), None)
+        return q[0] if q else None
+
+    def _run_chunk(self, job: _Prefetch) -> bool:
+        """Submit the next chunk of ``job``'s reads; True when it has no more."""
+        if job.cancelled:
+            return True
+        offs, sizes, out = self._plan_of(job)
+        i = job.next
+        step = self.prefetch_chunk if self.prefetch_chunk > 0 else max(1, len(offs))
+        o, s = offs[i : i + step], sizes[i : i + step]
+        if o:
+            entry = self._logged(o, s)
+            assert self._engine is not None
+            with self._io_lock:
+                t0 = time.perf_counter_ns()
+                self._engine.submit(o, s, out=out[i : i + step])
+                dt = time.perf_counter_ns() - t0
+            if entry is not None:
+                entry[2] = dt
+            job.reads += len(o)
+            job.bytes_read += int(sum(s))
+            job.io_ns += dt
+        job.next = i + step
+        return job.next >= len(offs)
+
+    def _buffer(self, layer: int) -> int:
+        """The region buffer of ``layer`` (its prefetches and misses all land there): the one it holds, else a free
+        one; with both held by other layers, the oldest layer in flight is given up (its prefetch waited for and
+        counted as wasted)."""
+        b = self._buf_of.get(layer)
+        if b is not None:
+            return b
+        while len(self._buf_of) >= len(self._bufs):
+            oldest = next((j.layer for j in self._pending if j.layer != layer), None)
+            if oldest is None:  # a buffer held without a prefetch in flight (cannot happen between fetches)
+                oldest = next(x for x in self._buf_of if x != layer)
+            self._drop(oldest)
+        b = next(i for i in range(len(self._bufs)) if i not in self._buf_of.values())
+        self._buf_of[layer] = b
+        return b
+
+    def _drop(self, layer: int) -> None:
+        """Give up the prefetches of ``layer`` (cancel their remaining reads, wait, count them as wasted) and its
+        buffer."""
+        jobs = [j for j in self._pending if j.layer == layer]
+        if jobs:
+            for j in jobs:
+                j.cancelled = True
+            with self._go:
+                self._go.notify_all()
+            self._wait_jobs(jobs)
+        self._cur().wasted_bytes += sum(int(j.neurons.size) for j in jobs) * self.bundle_bytes
+        self._buf_of.pop(layer, None)
+
+    def _issue(self, layer: int, ids: np.ndarray, positions: np.ndarray) -> None:
+        """Put one prefetch of ``layer`` in flight (``ids``: the neurons it is for; ``positions``: what it reads)."""
+        job = _Prefetch(layer, ids, positions)
+        job.buf = self._buffer(layer)
+        self._pending.append(job)
+        if self.asynchronous:
+            offs, sizes, out = job.plan = self._plan_of(job)
+            job.reads, job.bytes_read = len(offs), int(sum(sizes))
+            job.log = self._logged(offs, sizes)
+            job.t_start = time.perf_counter_ns()
+            job.ticket = self._engine.start(offs, sizes, out)  # type: ignore[union-attr]
+            return
+        with self._go:
+            self._queue.append(job)
+            self._go.notify_all()
 
     def prefetch(self, layer: int, neurons: Any) -> int:
-        """Start reading the bundles of `neurons` of `layer` that the cache does not hold, in the background.
+        """Start reading the bundles of `neurons` of `layer` that the cache does not hold and that no prefetch in
+        flight already reads, in the background (into the layer's region buffer).
 
-        Returns the number of bundles it will read. A prefetch already in flight is waited for (and, if it was for
-        another layer, discarded) first. No-op in dense mode.
+        Returns the number of bundles it will read. Prefetches of several layers may be in flight (a look-ahead
+        reads layer l+1 while layer l is still fetched); they run in issue order, and at most two layers hold a
+        buffer (a third one gives up the oldest). No-op in dense mode (there, :attr:`lookahead` reads ahead).
         """
         ids = self._check(layer, neurons)
-        self.wait()
         if self.dense or ids.size == 0:
             return 0
         layer = int(layer)
@@ -356,75 +475,117 @@ class FlashFFNReader(Closing):
         res = self.cache.resident(layer)
         if res.size:
             ids = ids[~self._member(ids, res)]
+        mine = [j for j in self._pending if j.layer == layer]
+        if mine and ids.size:  # not what a prefetch in flight reads anyway
+            ids = ids[~self._member(ids, np.concatenate([j.neurons for j in mine]))]
+            ids = ids[~self._covered(layer, self.inverses[layer][ids], mine)]
         if ids.size == 0:
             return 0
-        job = _Prefetch(layer, ids, np.sort(self.inverses[layer][ids]))
-        self._pending = job
-        if self.asynchronous:
-            offs, sizes, out = self._requests(layer, job.positions, self._pf_buf)
-            job.reads, job.bytes_read = len(offs), int(sum(sizes))
-            job.log = self._logged(offs, sizes)
-            job.t_start = time.perf_counter_ns()
-            job.ticket = self._engine.start(offs, sizes, out)  # type: ignore[union-attr]
-            return int(ids.size)
-        with self._go:
-            self._job = job
-            self._go.notify()
+        self._issue(layer, ids, np.sort(self.inverses[layer][ids]))
         return int(ids.size)
 
-    def poll(self) -> None:
-        """Note whether the prefetch in flight has completed (asynchronous engines; cheap, never blocks): the
-        model calls it when attention ends, which bounds the prefetch's I/O time by the attention time when its
-        reads are already complete there (else :meth:`wait` observes the completion)."""
-        job = self._pending
-        if job is not None and job.ticket is not None and not job.t_done:
-            if self._engine.ready(job.ticket):  # type: ignore[union-attr]
-                job.t_done = time.perf_counter_ns()
+    def _plan_of(self, job: _Prefetch) -> tuple[list, list, list]:
+        """``job``'s requests, planned by whoever needs them first (the worker when it starts the job, or the
+        caller in :meth:`_covered`); both compute the same plan, so a race only plans twice."""
+        plan = job.plan
+        if plan is None:
+            plan = job.plan = self._requests(job.layer, job.positions, self._bufs[job.buf])
+        return plan
 
-    def wait(self) -> _Prefetch | None:
-        """Wait for the prefetch in flight (if any) and return it (no longer pending); its errors are raised here."""
-        job, self._pending = self._pending, None
-        if job is None:
-            return None
-        t0 = time.perf_counter_ns()
-        if job.ticket is not None:
-            try:
-                self._engine.finish(job.ticket)  # type: ignore[union-attr]
-            except BaseException as e:
-                job.error = e
-            t1 = time.perf_counter_ns()
-            waited = t1 - t0
-            # I/O time of an asynchronous batch: issue to first observed completion (an upper bound when it was
-            # complete before anyone looked).
-            job.io_ns = (job.t_done or t1) - job.t_start
-            if job.log is not None:
-                job.log[2] = job.io_ns
-        else:
-            job.done.wait()
-            waited = time.perf_counter_ns() - t0
-        tok = self._cur()
-        tok.wait_ns += waited
-        tok.io_ns += job.io_ns
-        tok.hidden_ns += max(0, job.io_ns - waited)
-        tok.reads += job.reads
-        tok.bytes_read += job.bytes_read
-        tok.predicted += int(job.neurons.size)
-        if job.error is not None:
-            raise job.error
-        return job
+    def _covered(self, layer: int, positions: np.ndarray, jobs: list[_Prefetch]) -> np.ndarray:
+        """Which bundle ``positions`` of ``layer`` lie wholly inside a byte range that ``jobs`` (prefetches of the
+        layer) read into its region buffer: their bytes arrive anyway (page alignment, collapse gaps)."""
+        out = np.zeros(positions.size, dtype=bool)
+        if not positions.size:
+            return out
+        bb, base = self.bundle_bytes, self.bases[layer]
+        lo = positions.astype(_I64) * bb + base
+        for j in jobs:
+            plan = self._plan_of(j)
+            offs, sizes = np.asarray(plan[0], dtype=_I64), np.asarray(plan[1], dtype=_I64)
+            if not offs.size:
+                continue
+            k = np.searchsorted(offs, lo, side="right") - 1  # plans are sorted by offset
+            ok = k >= 0
+            out[ok] |= lo[ok] + bb <= offs[k[ok]] + sizes[k[ok]]
+        return out
+
+    def poll(self) -> None:
+        """Note whether the prefetches in flight have completed (asynchronous engines; cheap, never blocks): the
+        model calls it when attention ends, which bounds a prefetch's I/O time by the attention time when its
+        reads are already complete there (else :meth:`wait` observes the completion)."""
+        for job in self._pending:
+            if job.ticket is not None and not job.t_done:
+                if self._engine.ready(job.ticket):  # type: ignore[union-attr]
+                    job.t_done = time.perf_counter_ns()
+
+    def wait(self, layer: int | None = None) -> list[_Prefetch]:
+        """Wait for the prefetches in flight (all, or those of ``layer``) and return them (no longer pending; the
+        layer keeps its buffer until its fetch); their errors are raised here."""
+        jobs = [j for j in self._pending if layer is None or j.layer == int(layer)]
+        self._wait_jobs(jobs)
+        return jobs
+
+    def _wait_jobs(self, jobs: list[_Prefetch]) -> None:
+        """Wait for ``jobs`` (pending prefetches) and account their I/O to the current token: the time waited is
+        I/O wait, the rest of each one's read time was hidden behind compute."""
+        err: BaseException | None = None
+        for job in jobs:
+            self._pending.remove(job)
+            t0 = time.perf_counter_ns()
+            if job.ticket is not None:
+                try:
+                    self._engine.finish(job.ticket)  # type: ignore[union-attr]
+                except BaseException as e:
+                    job.error = e
+                t1 = time.perf_counter_ns()
+                waited = t1 - t0
+                # I/O time of an asynchronous batch: issue to first observed completion (an upper bound when it was
+                # complete before anyone looked).
+                job.io_ns = (job.t_done or t1) - job.t_start
+                if job.log is not None:
+                    job.log[2] = job.io_ns
+            else:
+                job.done.wait()
+                waited = time.perf_counter_ns() - t0
+            tok = self._cur()
+            tok.wait_ns += waited
+            tok.io_ns += job.io_ns
+            tok.hidden_ns += max(0, job.io_ns - waited)
+            tok.reads += job.reads
+            tok.bytes_read += job.bytes_read
+            tok.predicted += int(job.neurons.size)
+            err = err or job.error
+        if err is not None:
+            raise err
 
     # ---------------------------------------------------------------------------------------------------- fetch
-    def _blocking_read(self, tok: "TokenIO", layer: int, positions: np.ndarray) -> None:
-        """Read ``positions`` of ``layer`` into the miss buffer now; the caller waits for all of it."""
-        nreq, nbytes, dt = self._read(layer, positions, self._miss_buf)
+    @contextmanager
+    def _priority(self, layer: int) -> Iterator[None]:
+        """Within the block the worker runs only ``layer``'s prefetches (the model is waiting for that layer)."""
+        with self._go:
+            self._urgent = layer
+        try:
+            yield
+        finally:
+            with self._go:
+                self._urgent = None
+                self._go.notify_all()
+
+    def _blocking_read(self, tok: "TokenIO", layer: int, positions: np.ndarray, buf: _RegionBuffer) -> None:
+        """Read ``positions`` of ``layer`` into ``buf`` now; the caller waits for all of it (the worker starts no
+        prefetch of another layer meanwhile: these reads are needed now, a look-ahead only later)."""
+        with self._priority(layer):
+            nreq, nbytes, dt = self._read(layer, positions, buf)
         tok.reads += nreq
         tok.bytes_read += nbytes
         tok.io_ns += dt
         tok.wait_ns += dt
 
-    def _start_miss(self, layer: int, positions: np.ndarray) -> tuple[Any, list | None, int, int, int]:
+    def _start_miss(self, layer: int, positions: np.ndarray,
+                    buf: _RegionBuffer) -> tuple[Any, list | None, int, int, int]:
         """Asynchronous engines: put the miss reads in flight now (ticket, log entry, requests, bytes, t0)."""
-        offs, sizes, out = self._requests(layer, positions, self._miss_buf)
+        offs, sizes, out = self._requests(layer, positions, buf)
         entry = self._logged(offs, sizes)
         t0 = time.perf_counter_ns()
         return self._engine.start(offs, sizes, out), entry, len(offs), int(sum(sizes)), t0  # type: ignore[union-attr]
@@ -434,55 +595,85 @@ class FlashFFNReader(Closing):
         order given; part j of row i is ``schema[j]`` of neuron ``neurons[i]`` (``down`` is column i of down)."""
         return self.fetch_raw(layer, neurons).astype(np.float32)
 
+    def _ahead(self, layer: int) -> int:
+        """The layer expected after ``layer`` (the next one; the first one of the next token after the last)."""
+        return (layer + 1) % self.n_layers
+
     def fetch_raw(self, layer: int, neurons: Any) -> np.ndarray:
         """Like :meth:`fetch`, in the pack's dtype (``[k, parts, width]``; fp16 packs stay fp16): the caller widens
         them where it is cheapest (numpy's fp16 -> fp32 cast is scalar code, torch's is vectorised), and the cache
-        pool, the read buffers and this result share one dtype, so every copy here is a plain gather."""
+        pool, the read buffers and this result share one dtype, so every copy here is a plain gather.
+
+        Prefetches of ``layer`` are used; those of the layer after it (a look-ahead) stay in flight; any other
+        layer's are given up (wasted). With :attr:`lookahead` in dense mode, the next layer's whole region is put
+        in flight here, behind this layer's (the dense plan knows the next layer's set exactly)."""
         ids = self._check(layer, neurons)
         layer = int(layer)
         tok = self._cur()
-        job = self._pending
-        if job is not None and job.layer != layer:  # a prefetch for another layer: its bytes are wasted
-            self.wait()
-            tok.wasted_bytes += int(job.neurons.size) * self.bundle_bytes
-            job = None
+        for x in {j.layer for j in self._pending} | set(self._buf_of):
+            if x not in (layer, self._ahead(layer)):
+                self._drop(x)
+        jobs = [j for j in self._pending if j.layer == layer]
+        b = self._buffer(layer)
+        buf = self._bufs[b]
+        try:
+            return self._fetch_into(tok, layer, ids, jobs, buf)
+        finally:
+            self._drop(layer)  # the buffer is free again (after an error: once no read of it is in flight)
+
+    def _fetch_into(self, tok: TokenIO, layer: int, ids: np.ndarray, jobs: list[_Prefetch],
+                    buf: _RegionBuffer) -> np.ndarray:
         k = ids.size
         out = np.empty((k, self.parts, self.width), dtype=self.np_dtype)
         tok.active += k
         if self.dense:
-            if job is not None:
-                self.wait()
-            self._blocking_read(tok, layer, np.empty(0, dtype=_I64))
+            ahead = self._ahead(layer)
+            read_ahead = self.lookahead > 0 and ahead != layer and ahead not in self._buf_of
+            if jobs:
+                if read_ahead:  # queued behind this layer's read
+                    self._issue(ahead, np.empty(0, dtype=_I64), np.empty(0, dtype=_I64))
+                with self._priority(layer):
+                    self._wait_jobs(jobs)
+            else:
+                self._blocking_read(tok, layer, np.empty(0, dtype=_I64), buf)
+                if read_ahead:
+                    self._issue(ahead, np.empty(0, dtype=_I64), np.empty(0, dtype=_I64))
             tok.loaded += k
             tok.bytes_requested += k * self.bundle_bytes
             if k:
-                np.take(self._region(layer, self._miss_buf), self.inverses[layer][ids], axis=0, out=out)
+                np.take(self._region(layer, buf), self.inverses[layer][ids], axis=0, out=out)
             return out
+        pf = np.concatenate([j.neurons for j in jobs]) if jobs else np.empty(0, dtype=_I64)
         if k == 0:
-            if job is not None:
-                self.wait()
-                tok.wasted_bytes += int(job.neurons.size) * self.bundle_bytes
+            if jobs:
+                self._wait_jobs(jobs)
+                tok.wasted_bytes += int(pf.size) * self.bundle_bytes
             return out
         load = np.asarray(self.cache.filter(layer, ids), dtype=_I64)
         inv = self.inverses[layer]
-        # loads: from the prefetch where it read them, else read now
-        if job is not None:
-            used = self._member(load, job.neurons)
-            from_pf = load[used]
+        # loads: from the prefetches where they read them, else read now (into the same region buffer)
+        if jobs:
+            used = self._member(load, pf)
             miss = load[~used]
-            tok.prefetch_used += int(from_pf.size)
-            tok.wasted_bytes += (int(job.neurons.size) - int(from_pf.size)) * self.bundle_bytes
+            if miss.size:  # bytes a prefetch of the layer reads anyway need no read of their own
+                cov = self._covered(layer, inv[miss], jobs)
+                tok.covered += int(cov.sum())
+                miss = miss[~cov]
+            n_used = int(used.sum())
+            tok.prefetch_used += n_used
+            tok.wasted_bytes += (int(pf.size) - n_used) * self.bundle_bytes
         else:
-            from_pf, miss = load[:0], load
+            miss = load
         pending_miss = None
         if miss.size:
             miss_pos = np.sort(inv[miss])
             if self.asynchronous:  # in flight together with the rest of the prefetch
-                pending_miss = self._start_miss(layer, miss_pos)
+                pending_miss = self._start_miss(layer, miss_pos, buf)
             else:
-                if job is not None:
-                    self.wait()
-                self._blocking_read(tok, layer, miss_pos)
+                with self._priority(layer):  # the worker finishes this layer's prefetch, then nothing else
+                    self._wait_jobs(jobs)
+                    jobs = []
+                    self._blocking_read(tok, layer, miss_pos, buf)
         # hits: served from the slot pool (while the reads are in flight)
         hit_rows = np.flatnonzero(~self._member(ids, load))
         if hit_rows.size:
@@ -495,8 +686,8 @@ class FlashFFNReader(Closing):
         tok.bytes_requested += int(load.size) * self.bundle_bytes
         row_of = self._row_of
         row_of[ids] = np.arange(k)
-        if self._pending is not None:
-            self.wait()
+        if jobs:
+            self._wait_jobs(jobs)
         if pending_miss is not None:
             ticket, entry, nreq, nbytes, t0 = pending_miss
             f0 = time.perf_counter_ns()
@@ -508,10 +699,8 @@ class FlashFFNReader(Closing):
             tok.bytes_read += nbytes
             tok.io_ns += f1 - t0  # in flight from its issue (overlapping the hits' copy and the prefetch's end)
             tok.wait_ns += f1 - f0
-        if from_pf.size:
-            out[row_of[from_pf]] = self._region(layer, self._pf_buf)[inv[from_pf]]
-        if miss.size:
-            out[row_of[miss]] = self._region(layer, self._miss_buf)[inv[miss]]
+        if load.size:  # prefetched and missed bundles alike: the layer's region buffer mirrors the pack
+            out[row_of[load]] = self._region(layer, buf)[inv[load]]
         self._admit(layer, load, row_of, out)
         return out
 

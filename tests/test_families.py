@@ -35,7 +35,8 @@ from conftest import wiki_excerpt
 
 TOKENS, CTX = 96, 32
 #: Every registered dense family, plus a gated family with FFN biases (Llama's mlp_bias) so gated biases are
-#: covered. Mixture-of-experts families (per-expert units; no flash engine yet) run in tests/test_moe.py.
+#: covered. Mixture-of-experts families (per-expert units) run in tests/test_moe.py and, from flash, in
+#: tests/test_online_moe.py.
 DENSE = [f for f in FAMILIES.names() if not FAMILIES.get(f)().moe]
 CASES = [(f, {}) for f in DENSE] + [("llama", {"mlp_bias": True})]
 IDS = [f if not kw else f + "+" + "+".join(kw) for f, kw in CASES]

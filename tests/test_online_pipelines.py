@@ -112,12 +112,14 @@ def test_cli_generate_with_pipeline(setup, tiny_model_dir):
     assert r.exit_code == 2 and "--profile is used only with --pipeline" in r.output
 
 
-def test_moe_pack_is_refused_in_one_line():
+def test_moe_pack_header_is_accepted_and_its_bundle_checked():
+    """MoE packs run from flash (coact.online_moe; exactness in tests/test_online_moe.py); their bundle schema is
+    checked like any pack's, in one line."""
     from coact.online import check_pack_header
 
     base = {"bundle": "up-down"}
-    check_pack_header("p.pack", base)
-    for header in ({**base, "moe": True}, {**base, "units": [{"layer": 0, "expert": 3, "n": 8}]}):
-        with pytest.raises(CoactError, match="mixture-of-experts") as e:
-            check_pack_header("p.pack", header)
-        assert "\n" not in str(e.value)
+    for header in (base, {**base, "moe": True}, {**base, "units": [{"layer": 0, "expert": 3, "n": 8}]}):
+        check_pack_header("p.pack", header)
+    with pytest.raises(CoactError, match="bundle schema 'gate-up-down'") as e:
+        check_pack_header("p.pack", {**base, "moe": True, "bundle": "gate-up-down"})
+    assert "\n" not in str(e.value)
