@@ -9,7 +9,8 @@ Steps (each in a fresh child process, so its peak memory is its own):
 4. ``bound``   — the proven upper bound on the FULL graphs from the candidate graphs (solvers.bounds), and the gap
    of each solver to it;
 4b. ``bound-exact`` — the exact-count certificate (``solvers.bounds``, ``exact=``): each layer recounted from the
-   trace in a worker and the LP priced against every pair (``--bound-layers`` for the first layers only);
+   trace in a worker and the LP priced against every pair, then the Held-Karp 1-tree bound from the LP's duals
+   (solvers.held_karp; the lower of the two, both proven) (``--bound-layers`` for the first layers only);
 5. ``pack``    — a pack of the best layout with seeded synthetic weights at ``--d-model`` (fp16 up-down bundles:
    16 KiB at d_model 4,096), then deleted unless ``--keep-pack``;
 6. ``replay``  — real O_DIRECT replay of ``--replay-tokens`` tokens of the trace against the pack (plus the I/O-free
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing as mp
 import os
 import resource
@@ -240,6 +242,7 @@ def _exact_bound_job(job: tuple) -> dict:
     from coact.stats import LayerJob, count_layer
 
     from solvers.bounds import solve_two_matching_lp
+    from solvers.held_karp import held_karp_bound
 
     wd, layer, stop, time_limit = job
     g = _load_layer_graph(str(Path(wd) / "stats"), layer)
@@ -247,7 +250,12 @@ def _exact_bound_job(job: tuple) -> dict:
     C = count_layer(LayerJob(str(Path(wd) / "trace"), layer, 0, stop, g.n, None))["coact"]
     t1 = time.perf_counter()
     res = solve_two_matching_lp(g, exact=C, time_limit=time_limit)
-    return {"bound": float(res.bound), "count_s": round(t1 - t0, 2), "lp_s": round(time.perf_counter() - t1, 2),
+    t2 = time.perf_counter()
+    # Held-Karp 1-tree bound from the LP's duals: proven for any multipliers, rescues a non-converged LP
+    hk = held_karp_bound(C, res.duals, time_limit=min(60.0, time_limit / 5)) if res.duals is not None else None
+    bound = min(float(res.bound), hk.bound if hk else math.inf)
+    return {"bound": bound, "lp_bound": float(res.bound), "hk_bound": hk.bound if hk else None,
+            "count_s": round(t1 - t0, 2), "lp_s": round(t2 - t1, 2), "hk_s": round(time.perf_counter() - t2, 2),
             "status": res.status, "rounds": res.rounds, "lp_columns": res.n_active,
             "edges_priced_in": int(res.edges.u.size - g.n_edges)}
 

@@ -74,6 +74,15 @@ form because a path has at most two edges at each node), or by the ``excluded_ma
 (:func:`_dense_pass`), which also prices those pairs: each node's ``price_r`` best positive ones join the edge set
 and the LP (column generation over the full matrix, as for a dense graph but without materialising it). Cut duals are left out of D (π >= 0 only
 lowers reduced costs), so the Lagrangian argument above holds as is and the bound is proven for the full graph.
+
+**When the certificate does not converge.** :attr:`LPResult.duals` (degree duals of the best round, μ folded in)
+warm-start the Held-Karp 1-tree bound of :mod:`solvers.held_karp`, which is proven for ANY multipliers and needs
+only the dense count matrix: a run that hit the time limit still ends with a tight number (synthetic 7B layer 1,
+LP stopped after 4 rounds at 107.7 M, Held-Karp from its duals 55.7 M in 29 iterations). Where the LP did converge
+(layer 23: 70.04 M) the 1-tree value at its duals equals the LP bound and subgradient steps do not lower it, i.e.
+the subtour LP is reached. ``blossoms=True`` adds 2-matching blossom inequalities (:class:`_Blossoms`, odd-component
+heuristic) for the half-integral odd cycles the subtour cuts leave; proven (brute-force tests), it closes small
+cases but moved layer 23 by only 104 (70,044,400 -> 70,044,296), so it is off by default.
 """
 from __future__ import annotations
 
@@ -258,6 +267,9 @@ class LPResult:
     rounds: int
     n_active: int
     status: str
+    #: degree duals of the round that gave ``bound`` with the edge-count dual folded in (λ_v + μ/2: the same reduced
+    #: costs c_uv - λ'_u - λ'_v), a warm start for :func:`solvers.held_karp.held_karp_bound`; None without a solve
+    duals: np.ndarray | None = None
 
 
 class _Cuts:
@@ -304,6 +316,104 @@ class _Cuts:
         if not es:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
         return np.concatenate(es), np.concatenate(rs)
+
+
+class _Blossoms:
+    """2-matching blossom inequalities (Edmonds 1965): for a handle H and an odd set T of pairwise disjoint edges
+    (teeth) with exactly one end in H, every 2-matching, hence every Hamiltonian path, has
+    x(E(H)) + x(T) <= |H| + (|T| - 1) / 2. They cut off the half-integral odd cycles that the subtour cuts leave
+    (layer 23 of the synthetic 7B trace: 1,107 pairs at x = 1/2 in 202 odd components at the LP optimum).
+    Handles come as components of a partition (like :class:`_Cuts`), teeth as sorted pair keys u * n + v."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.parts: list[tuple[np.ndarray, np.ndarray]] = []  # (lab int64[n], blossom index per label, -1 = none)
+        self.rhs: list[float] = []
+        self.tooth_key = np.zeros(0, dtype=np.int64)  # sorted keys of all teeth
+        self.tooth_of = np.zeros(0, dtype=np.int64)  # their blossom indices
+
+    def __len__(self) -> int:
+        return len(self.rhs)
+
+    def add(self, lab: np.ndarray, comps: list[int], teeth: list[np.ndarray], sizes: list[int]) -> list[int]:
+        """Register blossoms (handle = component ``comps[i]`` of ``lab``, teeth keys ``teeth[i]``); their indices."""
+        row = np.full(int(lab.max()) + 1, -1, dtype=np.int64)
+        new = []
+        for c, t, sz in zip(comps, teeth, sizes):
+            row[c] = len(self.rhs)
+            new.append(len(self.rhs))
+            self.rhs.append(sz + (t.size - 1) / 2.0)
+            self.tooth_key = np.concatenate([self.tooth_key, t])
+            self.tooth_of = np.concatenate([self.tooth_of, np.full(t.size, new[-1], dtype=np.int64)])
+        o = np.argsort(self.tooth_key, kind="stable")
+        self.tooth_key, self.tooth_of = self.tooth_key[o], self.tooth_of[o]
+        self.parts.append((lab, row))
+        return new
+
+    def membership(self, u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(edge positions, blossom indices) for every (edge, blossom whose handle or teeth contain it)."""
+        es, rs = [], []
+        for lab, row in self.parts:
+            lu = lab[u]
+            r = np.where(lab[v] == lu, row[lu], -1)
+            hit = np.flatnonzero(r >= 0)
+            es.append(hit)
+            rs.append(r[hit])
+        if self.tooth_key.size:
+            key = np.minimum(u, v) * self.n + np.maximum(u, v)
+            lo = np.searchsorted(self.tooth_key, key, side="left")
+            hi = np.searchsorted(self.tooth_key, key, side="right")
+            cnt = hi - lo
+            pos = np.repeat(np.arange(key.size), cnt)
+            idx = np.repeat(lo, cnt) + (np.arange(int(cnt.sum())) - np.repeat(np.cumsum(cnt) - cnt, cnt))
+            es.append(pos)
+            rs.append(self.tooth_of[idx])
+        if not es:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        return np.concatenate(es), np.concatenate(rs)
+
+
+def _separate_blossoms(n: int, au: np.ndarray, av: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, list, list,
+                                                                                        list]:
+    """Odd-component heuristic (Padberg & Rao's exact separation is not needed here): handles = components of the
+    fractional support {0 < x < 1}; teeth = the x = 1 pairs with one end in the handle, minus pairs of teeth that
+    share their outer end; kept if the tooth count is odd and the inequality is violated.
+    Returns (labels, handle components, teeth keys, handle sizes)."""
+    frac = (x > 1e-6) & (x < 1 - 1e-6)
+    one = x >= 1 - 1e-6
+    gs = sp.csr_array((np.ones(int(frac.sum())), (au[frac], av[frac])), shape=(n, n))
+    ncomp, lab = connected_components(gs, directed=False)
+    lab = lab.astype(np.int64)
+    size = np.bincount(lab, minlength=ncomp)
+    inside = lab[au] == lab[av]
+    xin = np.bincount(lab[au][inside], weights=x[inside], minlength=ncomp)
+    ou, ov = au[one], av[one]
+    cross = lab[ou] != lab[ov]
+    comps, teeth, sizes = [], [], []
+    tu, tv = ou[cross], ov[cross]
+    # each crossing x = 1 pair is a candidate tooth of both its ends' components
+    cand_c = np.concatenate([lab[tu], lab[tv]])
+    cand_out = np.concatenate([tv, tu])
+    key = np.minimum(tu, tv) * n + np.maximum(tu, tv)
+    cand_k = np.concatenate([key, key])
+    big = np.flatnonzero(size >= 3)
+    o = np.lexsort((cand_out, cand_c))
+    cand_c, cand_out, cand_k = cand_c[o], cand_out[o], cand_k[o]
+    starts = np.searchsorted(cand_c, big, side="left")
+    ends = np.searchsorted(cand_c, big, side="right")
+    for c, a, b in zip(big.tolist(), starts.tolist(), ends.tolist()):
+        outs, keys = cand_out[a:b], cand_k[a:b]
+        if outs.size:
+            _, inv, cnt = np.unique(outs, return_inverse=True, return_counts=True)
+            keys = keys[cnt[inv] == 1]  # teeth must be disjoint: drop teeth sharing an outer end
+        t = int(keys.size)
+        if t % 2 == 0:
+            continue
+        if xin[c] + t > size[c] + (t - 1) / 2.0 + 1e-6:
+            comps.append(c)
+            teeth.append(np.sort(keys))
+            sizes.append(int(size[c]))
+    return lab, comps, teeth, sizes
 
 
 def _highs_core() -> Any:
@@ -383,6 +493,7 @@ def solve_two_matching_lp(
     backend: str = "auto",
     dropped_columns: bool = True,
     exact: Any = None,
+    blossoms: bool = False,
 ) -> LPResult:
     """Solve the (cut-strengthened) fractional 2-matching LP over *all* stored pairs by column generation.
 
@@ -402,6 +513,8 @@ def solve_two_matching_lp(
     ``dropped_columns``: on a candidate graph (highs backend), put the per-node dropped-pair columns into the LP
     (tighter bound); ``path-cover`` turns them off because it rounds the LP's pair values, which they would thin
     out. The bound stays proven either way (the correction is then added after the solve).
+    ``blossoms``: with ``cuts`` and the highs backend, also separate 2-matching blossom inequalities
+    (:class:`_Blossoms`) in every cut round; their duals enter the Lagrangian value like the cuts'.
     """
     t0 = time.perf_counter()
     graph = as_graph(counts)
@@ -430,6 +543,9 @@ def solve_two_matching_lp(
         active = per_node_top(es, wf - 0.5 * (s2[es.u] + s2[es.v]), int(k), inc=inc)
     cutset = _Cuts(n)
     lp = _HighsLP(n, core) if core is not None else None
+    bls = _Blossoms(n)
+    sub_row: list[int] = []  # LP row (after the n + 1 fixed ones) of every subtour cut / blossom
+    bl_row: list[int] = []
     n_y = 0
     if lp is not None and xm is not None and dropped_columns and C is None:
         # Candidate graph: one "dropped-pair" column y_v in [0, 2] per node (how many of v's path edges are not
@@ -443,6 +559,7 @@ def solve_two_matching_lp(
     new_cols = active
     best = math.inf
     x_full = None
+    best_duals = None
     status = "ok"
     rounds = 0
     last_gain = 0
@@ -461,7 +578,10 @@ def solve_two_matching_lp(
                 ep, rr = cutset.membership(nu, nv)
                 extra = [[] for _ in range(new_cols.size)]
                 for e_, r_ in zip(ep.tolist(), rr.tolist()):
-                    extra[e_].append(r_)
+                    extra[e_].append(sub_row[r_])
+                bep, brr = bls.membership(nu, nv)
+                for e_, r_ in zip(bep.tolist(), brr.tolist()):
+                    extra[e_].append(bl_row[r_])
                 col_rows = [np.array([a, b, n] + [n + 1 + r for r in x], dtype=np.int64)
                             for a, b, x in zip(nu.tolist(), nv.tolist(), extra)]
                 order.append(new_cols)
@@ -497,14 +617,19 @@ def solve_two_matching_lp(
             x_act = res.x
             y = np.maximum(-np.asarray(res.ineqlin.marginals, dtype=np.float64), 0.0) * scale
             lp_val = -float(res.fun) * scale
-        lam, mu, pi = y[:n], y[n], y[n + 1:]
+        lam, mu, pi_all = y[:n], y[n], y[n + 1:]
+        pi = pi_all[np.asarray(sub_row, dtype=np.int64)] if lp is not None else pi_all
+        pib = pi_all[np.asarray(bl_row, dtype=np.int64)]
         red = wf - lam[es.u] - lam[es.v] - mu
         # cut duals only lower reduced costs, and only positive ones matter (bound and pricing)
         hot = np.flatnonzero(red > 0)
         ep, rr = cutset.membership(es.u[hot], es.v[hot])
         np.subtract.at(red, hot[ep], pi[rr])
+        bep, brr = bls.membership(es.u[hot], es.v[hot])
+        np.subtract.at(red, hot[bep], pib[brr])
         sizes = np.asarray(cutset.sizes, dtype=np.float64)
         ub = 2.0 * lam.sum() + (n - 1) * mu + float((pi * (sizes - 1.0)).sum())
+        ub += float((pib * np.asarray(bls.rhs, dtype=np.float64)).sum())
         ub += float(np.maximum(red, 0.0).sum())
         corr = excluded_correction(xm, lam, mu)  # what dropped pairs could add (module docstring)
         if C is not None:  # exact: what the pairs outside the edge set add, and each node's best ones to price in
@@ -521,6 +646,8 @@ def solve_two_matching_lp(
                   ub)
         if ub < best - max(1.0, 1e-5 * ub):
             last_gain = rounds
+        if ub < best:
+            best_duals = lam + 0.5 * mu
         best = min(best, ub)
         x_full = np.zeros(m_all)
         x_full[act_ids] = x_act
@@ -587,13 +714,26 @@ def solve_two_matching_lp(
                 bounds_ = np.searchsorted(rowid[hit - n_y], np.asarray(new_ids + [new_ids[-1] + 1]))
                 lp.add_rows([cutset.sizes[ci] - 1.0 for ci in new_ids],
                             [hit[bounds_[i]:bounds_[i + 1]] for i in range(len(new_ids))])
+                sub_row.extend(range(len(sub_row) + len(bl_row), len(sub_row) + len(bl_row) + len(new_ids)))
+        if blossoms and lp is not None:  # every cut round: subtour cuts alone tail off for dozens of rounds
+            lab, comps, teeth, bsz = _separate_blossoms(n, au, av, x_act)
+            if comps:
+                new_b = bls.add(lab, comps, teeth, bsz)
+                bep, brr = bls.membership(au, av)  # rows over the current LP columns (after the y columns)
+                o = np.argsort(brr, kind="stable")
+                bep, brr = bep[o] + n_y, brr[o]
+                cuts_at = np.searchsorted(brr, np.asarray(new_b + [new_b[-1] + 1]))
+                lp.add_rows([bls.rhs[b] for b in new_b], [bep[cuts_at[i]:cuts_at[i + 1]] for i in range(len(new_b))])
+                bl_row.extend(range(len(sub_row) + len(bl_row), len(sub_row) + len(bl_row) + len(new_b)))
+                added += len(new_b)
         if added == 0:
             break
     if not math.isfinite(best):
-        return LPResult(degree_bound(graph), None, es, len(cutset), rounds, int(active.size), status)
+        return LPResult(degree_bound(graph), None, es, len(cutset) + len(bls), rounds, int(active.size), status)
     bound = math.floor(best * (1 + 1e-9) + 1e-6)  # float summation slack before rounding down
-    return LPResult(float(min(bound, degree_bound(graph))), x_full, es, len(cutset), rounds, int(active.size),
-                    status)
+    return LPResult(float(min(bound, degree_bound(graph))), x_full, es, len(cutset) + len(bls), rounds,
+                    int(active.size),
+                    status, best_duals)
 
 
 def adjacency_upper_bound(counts: Any, *, method: str = "lp", k: int | None = DEFAULT_K, cuts: bool = True,

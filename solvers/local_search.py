@@ -17,6 +17,11 @@ improve leaves the queue, the endpoints of every applied move re-enter it. Only 
 and deltas are exact int64 arithmetic on the counts, so the objective never decreases. The search stops at a local optimum
 (empty queue) or when `time_limit` is used up (checked between chunks of the compiled kernel).
 
+**Kicks** (``kicks=N``, off by default): iterated local search from the local optimum — N random *segment double
+bridges* (two adjacent segments of <= ``span`` neurons swap places), each followed by the same 2-opt/Or-opt from the
+touched neurons and undone if the objective dropped (:func:`perturb`). The kick count, not the clock, decides the
+result (the time limit only cuts it short).
+
 Start: `init` if given, else the Ripple greedy placement (:func:`solvers.ripple.default_start`). The kernels are
 compiled with numba (`cache=True`).
 
@@ -38,7 +43,7 @@ from solvers.graph import CoactGraph, csr_arrays
 from solvers.ripple import default_start
 from solvers.worklist import new_queue, pop, push
 
-__all__ = ["LocalSearchSolver", "candidate_lists", "csr_arrays", "improve", "path_weight", "w_lookup"]
+__all__ = ["LocalSearchSolver", "candidate_lists", "csr_arrays", "improve", "path_weight", "perturb", "w_lookup"]
 
 DEFAULT_TIME_LIMIT = 10.0
 
@@ -304,22 +309,113 @@ def improve(
     return perm
 
 
+@njit(cache=True)
+def _kick_kernel(perm, pos, indptr, indices, data, cand, queue, inq, qstate, maxseg, n_kicks, span, bperm, bpos):
+    """``n_kicks`` rounds of iterated local search (Martin, Otto & Felten 1991; Johnson & McGeoch 1997): a random
+    *segment double bridge* (two adjacent segments of 1..``span`` neurons swap places: A B C D -> A C B D, a move
+    2-opt and Or-opt cannot undo in one step), then 2-opt/Or-opt from the six touched neurons to a local optimum;
+    kept when the objective did not drop, else undone from the copy (bperm, bpos). Starts and ends at a local
+    optimum (empty queue). Uses numba's generator (seeded by the caller). Returns the total gain (>= 0)."""
+    n = perm.shape[0]
+    tot = 0
+    for _ in range(n_kicks):
+        L1 = 1 + np.random.randint(span)
+        L2 = 1 + np.random.randint(span)
+        if L1 + L2 >= n:
+            continue
+        i = np.random.randint(0, n - L1 - L2 + 1)
+        q = i + L1 + L2 - 1
+        a0 = _at(perm, n, i - 1)
+        b0 = perm[i]
+        b1 = perm[i + L1 - 1]
+        c0 = perm[i + L1]
+        c1 = perm[q]
+        d0 = _at(perm, n, q + 1)
+        g = (w_lookup(indptr, indices, data, a0, c0) + w_lookup(indptr, indices, data, c1, b0)
+             + w_lookup(indptr, indices, data, b1, d0) - w_lookup(indptr, indices, data, a0, b0)
+             - w_lookup(indptr, indices, data, b1, c0) - w_lookup(indptr, indices, data, c1, d0))
+        _move_segment(perm, pos, i, L1, q, False)
+        push(a0, queue, inq, qstate)
+        push(b0, queue, inq, qstate)
+        push(b1, queue, inq, qstate)
+        push(c0, queue, inq, qstate)
+        push(c1, queue, inq, qstate)
+        push(d0, queue, inq, qstate)
+        while qstate[1] > 0:
+            g += _ls_kernel(perm, pos, indptr, indices, data, cand, queue, inq, qstate, 1 << 30, maxseg, True, True)
+        # a 2-opt reversal can reach far from the kick, so keep/restore whole copies (~20 us at n = 11,008)
+        if g >= 0:
+            tot += g
+            bperm[:] = perm
+            bpos[:] = pos
+        else:
+            perm[:] = bperm
+            pos[:] = bpos
+    return tot
+
+
+def perturb(perm: np.ndarray, csr: tuple[np.ndarray, np.ndarray, np.ndarray], cand: np.ndarray, kicks: int, *,
+            seed: int = 0, span: int = 30, maxseg: int = 3, time_limit: float | None = None,
+            chunk: int = 500, history: list[int] | None = None) -> np.ndarray:
+    """Iterated local search from a local optimum ``perm`` (:func:`_kick_kernel`): ``kicks`` kicks in chunks of
+    ``chunk``, stopping early at ``time_limit`` seconds (then the result depends on the machine's speed; without a
+    time limit it depends only on the inputs and ``seed``). Returns a new array whose objective is >= perm's."""
+    t0 = time.perf_counter()
+    indptr, indices, data = csr
+    perm = np.array(perm, dtype=np.int64, copy=True)
+    n = perm.shape[0]
+    if n < 4 or kicks <= 0:
+        return perm
+    pos, queue, inq, qstate = new_queue(perm)
+    qstate[:] = 0  # perm is a local optimum: nothing queued
+    inq[:] = False
+    bperm, bpos = perm.copy(), pos.copy()
+    _seed_numba(int(seed))
+    cur = int(path_weight(perm, indptr, indices, data))
+    done = 0
+    while done < kicks:
+        m = min(chunk, kicks - done)
+        cur += int(_kick_kernel(perm, pos, indptr, indices, data, cand, queue, inq, qstate, int(maxseg), m,
+                                int(span), bperm, bpos))
+        done += m
+        if history is not None:
+            history.append(cur)
+        if time_limit is not None and time.perf_counter() - t0 >= time_limit:
+            break
+    return perm
+
+
+@njit(cache=True)
+def _seed_numba(seed):
+    np.random.seed(seed)
+
+
 @register("local-search")
 class LocalSearchSolver(SolverBase):
-    """2-opt + Or-opt (segments of 1-3) over top-k candidate neighbours, improving moves only.
+    """2-opt + Or-opt (segments of 1-3) over top-k candidate neighbours, improving moves only; optionally
+    iterated (``kicks``).
 
     Parameters:
         k: candidate-neighbour list size (top-k partners by count).
         maxseg: longest segment moved by Or-opt.
         time_limit: default wall-clock budget (seconds) when `solve` gets none.
+        kicks: after the local optimum, this many segment double-bridge kicks, each followed by 2-opt/Or-opt and
+            undone unless the objective holds (:func:`perturb`; 0 = plain local search). WHY: 2-opt/Or-opt local
+            optima of the 7B-shape synthetic layers were 2-9 % below the proven bound; kicks close much of that
+            (layer 23: +2.1 % in 110,000 kicks). The kick count, not the clock, decides the result (the time limit
+            only cuts it short), so placements stay reproducible.
+        span: longest segment of a kick.
     """
 
     name = "local-search"
     optimises = "max adjacency objective (sum of co-activation counts of neighbours) by 2-opt/Or-opt local search"
 
-    def __init__(self, k: int = 10, maxseg: int = 3, time_limit: float = DEFAULT_TIME_LIMIT):
-        if k < 1 or maxseg < 1:
-            raise SolverError("local-search needs k >= 1 and maxseg >= 1")
+    def __init__(self, k: int = 10, maxseg: int = 3, time_limit: float = DEFAULT_TIME_LIMIT, kicks: int = 0,
+                 span: int = 30):
+        if k < 1 or maxseg < 1 or kicks < 0 or span < 1:
+            raise SolverError("local-search needs k >= 1, maxseg >= 1, kicks >= 0 and span >= 1")
+        self.kicks = int(kicks)
+        self.span = int(span)
         self.k = int(k)
         self.maxseg = int(maxseg)
         self.time_limit = float(time_limit)
@@ -337,4 +433,9 @@ class LocalSearchSolver(SolverBase):
         csr = csr_arrays(graph)
         cand = candidate_lists(csr, self.k)
         left = max(0.0, limit - (time.perf_counter() - t0))
-        return improve(perm, csr, cand, time_limit=left, maxseg=self.maxseg, history=self.history)
+        perm = improve(perm, csr, cand, time_limit=left, maxseg=self.maxseg, history=self.history)
+        left = limit - (time.perf_counter() - t0)
+        if self.kicks and left > 0:
+            perm = perturb(perm, csr, cand, self.kicks, seed=seed, span=self.span, maxseg=self.maxseg,
+                           time_limit=left, history=self.history)
+        return perm
