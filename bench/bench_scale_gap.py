@@ -53,35 +53,19 @@ def _graph_file(wd: str, hot: int, layer: int) -> Path:
     return Path(wd) / f"graphs_hot{hot}" / f"layer_{layer:03d}.npz"
 
 
-def hot_clique_graph(g: object, C: np.ndarray, hot: int) -> object:
-    """The candidate graph ``g`` plus every pair among the ``hot`` most frequent neurons (exact counts from C), with
-    ``excluded_max`` recomputed (the largest count of a pair still not stored, so every bound stays proven).
-
-    WHY (measured on layer 23 of the synthetic 7B trace): 5 % of the neurons fire in > 55 % of the tokens, so any two
-    of them co-fire ~30-99k times, 5-15x a typical path edge; every neuron's top-k partners by any score are then the
-    same few hottest ones, so a per-neuron top-k graph holds a *star* around them, never a path through all of them.
-    The exact-count LP put 389 such pairs (18.1 M of its 70.0 M) at x = 1; local-search on the top-48 graph reached
-    63.5 M, on this graph (top-1,000 clique) 69.1 M."""
+def hot_clique_graph(g: object, C: np.ndarray, hot: int, k: int, score: str) -> object:
+    """The candidate graph of the stats (``k`` partners per neuron by ``score``) plus every pair among the ``hot``
+    most frequent neurons: ``coact.bitcount.candidates`` with ``score+clique<hot>`` (what ``coact stats
+    --candidates jaccard+lift+clique1000`` stores), exact counts from C, ``excluded_max`` the largest count of a pair
+    still not stored (so every bound stays proven). Why the clique: see ``coact.bitcount.candidates``."""
     import scipy.sparse as sp
 
+    from coact import bitcount
     from solvers.graph import CoactGraph
 
     n = g.n
-    top = np.argsort(-np.diagonal(C)[:n].astype(np.int64), kind="stable")[:hot]
-    top.sort()
-    sub = sp.csr_array(np.asarray(C[np.ix_(top, top)], dtype=np.int64))
-    sub.setdiag(0)
-    sub.eliminate_zeros()
-    sub = sub.tocoo()
-    clique = sp.csr_array((sub.data, (top[sub.row], top[sub.col])), shape=(n, n))
-    A = sp.csr_array(g.counts.astype(np.int64).maximum(clique))
-    A.sort_indices()
-    xm = np.zeros(n, dtype=np.int64)
-    for i in range(n):  # the largest count of a pair of i that is not stored
-        row = np.asarray(C[i, :n], dtype=np.int64).copy()
-        row[i] = 0
-        row[A.indices[A.indptr[i]:A.indptr[i + 1]]] = 0
-        xm[i] = row.max()
+    indptr, ind, data, xm = bitcount.candidates(C, n, k, f"{score}+clique{hot}", g.n_tokens)
+    A = sp.csr_array((data.astype(np.int64), ind, indptr), shape=(n, n))
     return CoactGraph(counts=A, freq=np.asarray(g.freq, dtype=np.int64), n_tokens=g.n_tokens, excluded_max=xm)
 
 
@@ -97,14 +81,17 @@ def _load_graph(path: str) -> object:
 
 def graph_job(job: tuple) -> dict:
     """One layer: recount C, the stats' candidate graph plus the hot clique, saved as npz."""
-    from coact.stats import LayerJob, count_layer
+    from coact.stats import CoactStats, LayerJob, count_layer
 
     wd, layer, stop, hot = job
     c0 = time.process_time()
     g = bench_scale._load_layer_graph(str(Path(wd) / "stats"), layer)
     C = count_layer(LayerJob(str(Path(wd) / "trace"), layer, 0, stop, g.n, None))["coact"]
     c1 = time.process_time()
-    h = hot_clique_graph(g, C, hot)
+    st = CoactStats.load(Path(wd) / "stats")
+    h = hot_clique_graph(g, C, hot, int(st.top_k), str(st.candidate_score))
+    if (A0 := g.counts.tocsr()).nnz and not np.all(h.counts[A0.nonzero()] == A0.data):  # a superset of the stats
+        raise RuntimeError(f"layer {layer}: the rebuilt graph does not contain the stats' candidate pairs")
     f = _graph_file(wd, hot, layer)
     f.parent.mkdir(parents=True, exist_ok=True)
     A = h.counts.tocsr()

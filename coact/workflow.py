@@ -201,16 +201,19 @@ def solve_layouts(
     time_limit: float | None = None,
     progress: bool = True,
     executor: Any = None,
+    params: dict[str, Any] | None = None,
 ) -> dict[str, tuple[Layout, Any]]:
     """Run each solver spec on every layer; return {spec: (Layout, SolveResult)} and save
-    `out_dir/{spec}.safetensors`. Every spec is checked before any work starts. ``executor``: where layers are
-    solved (:func:`common.executors.get_executor` spec; None = in this process); the layouts are identical."""
+    `out_dir/{spec}.safetensors`. Every spec (with ``params``, given to each spec's deciding stage) is checked
+    before any work starts. ``executor``: where layers are solved (:func:`common.executors.get_executor` spec;
+    None = in this process); the layouts are identical."""
+    params = dict(params or {})
     for spec in solvers:
-        get_solver(spec)
+        get_solver(spec, **params)
     out: dict[str, tuple[Layout, Any]] = {}
     for spec in solvers:
         res = solve_model(stats, spec, seed=seed, time_limit=time_limit, progress=bars(progress),
-                          executor=executor)
+                          executor=executor, **params)
         layout = Layout(
             res.perms,
             model_id=str(stats.meta.get("model_id", "")),

@@ -63,6 +63,10 @@ def brute_force(C: np.ndarray, k: int, score: str, T: int) -> tuple[set[tuple[in
         xm = np.array([max([int(C[i, j]) for j in range(n) if j != i and (i, j) not in edges], default=0)
                        for i in range(n)])
         return edges, xm
+    if bitcount.clique_size(score) is not None:  # every co-firing pair among the H most frequent (ties: smaller id)
+        top = sorted(range(n), key=lambda i: (-int(C[i, i]), i))[:bitcount.clique_size(score)]
+        edges = {(i, j) for i in top for j in top if i != j and C[i, j] > 0}
+        return edges, np.zeros(n, dtype=np.int64)
     f = np.diagonal(C).astype(np.float64)
     formula = {"count": lambda c, i, j: c,
                "jaccard": lambda c, i, j: c / (f[i] + f[j] - c),
@@ -83,7 +87,8 @@ def brute_force(C: np.ndarray, k: int, score: str, T: int) -> tuple[set[tuple[in
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(T=st.integers(1, 120), N=st.integers(1, 30), k=st.integers(1, 5), seed=st.integers(0, 99),
-       score=st.sampled_from(CANDIDATE_SCORES + ("jaccard+lift", "count+min")))
+       score=st.sampled_from(CANDIDATE_SCORES + ("jaccard+lift", "count+min", "jaccard+clique4",
+                                                    "jaccard+lift+clique12")))
 def test_candidates_match_brute_force_for_every_score(T: int, N: int, k: int, seed: int, score: str) -> None:
     rng = np.random.default_rng(seed)
     rates = rng.choice([0.0, 0.05, 0.3, 0.9], size=N)  # hot, rare and dead neurons: ties and zero rows
@@ -97,6 +102,34 @@ def test_candidates_match_brute_force_for_every_score(T: int, N: int, k: int, se
     assert set(zip(rows.tolist(), g.counts.indices.tolist())) == edges
     np.testing.assert_array_equal(g.counts.data, dense.coact[0][rows, g.counts.indices])  # exact raw counts
     np.testing.assert_array_equal(cand.excluded_max(0), xm)
+
+
+def test_clique_part_keeps_the_hot_pairs_a_top_k_graph_drops() -> None:
+    """Four hot neurons co-fire with everyone: each neuron's top-1 partner is the hottest one (a star), so the
+    pairs among the other hot neurons are dropped; ``+clique4`` stores them with their exact counts."""
+    rng = np.random.default_rng(0)
+    act = rng.random((400, 12)) < np.array([0.95, 0.9, 0.85, 0.8] + [0.1] * 8)
+    dense = compute_stats(pack_bits(act[:, None, :]), n_neurons=12, progress=False)
+    C = dense.coact[0]
+    star = layer_graph(count_stats(pack_bits(act[:, None, :]), n_neurons=12, top_k=1, candidates="count",
+                                   progress=False), 0)
+    assert star.counts[2, 3] == 0
+    g = layer_graph(count_stats(pack_bits(act[:, None, :]), n_neurons=12, top_k=1, candidates="count+clique4",
+                                progress=False), 0)
+    for i, j in itertools.combinations(range(4), 2):
+        assert g.counts[i, j] == C[i, j] > 0
+    assert g.excluded_max[2] < star.excluded_max[2]
+
+
+def test_clique_spec_errors() -> None:
+    assert bitcount.clique_size("clique1000") == 1000 and bitcount.clique_size("clique1") is None
+    for bad in ("clique8", "jaccard+clique1", "jaccard+clique4+clique8", "jaccard+cliquex"):
+        try:
+            bitcount.score_parts(bad)
+        except ValueError as e:
+            assert bad in str(e)
+        else:
+            raise AssertionError(f"{bad!r} accepted")
 
 
 def test_degree_bound_stays_above_the_optimum_on_a_jaccard_graph() -> None:
@@ -134,3 +167,29 @@ def test_cli_candidates_option(tmp_path: Path) -> None:
     lines = [line for line in res.output.splitlines() if line.strip()]
     assert res.exit_code == 2 and len(lines) == 1 and "bogus" in lines[0], res.output
 
+
+
+def test_cli_clique_stats_then_solve_with_a_solver_parameter(tmp_path: Path) -> None:
+    """`coact stats --candidates jaccard+lift+clique64` then `coact solve --param kicks=200`: the clique's pairs are
+    stored, the parameter reaches the solver (recorded in the layout) and an unknown one is a one-line error."""
+    from runtime.layout import load_layout
+
+    prof = sample_dir() / "profile"
+    run = CliRunner().invoke
+    res = run(app, ["stats", str(prof), "--out", str(tmp_path / "s"), "--stop", "128", "--top-k", "2",
+                    "--candidates", "jaccard+lift+clique64", "--json"])
+    assert res.exit_code == 0, res.output
+    st = CoactStats.load(tmp_path / "s")
+    assert st.candidate_score == "jaccard+lift+clique64"
+    g, freq = layer_graph(st, 0), st.freq[0]
+    hot = np.sort(np.argsort(-freq.astype(np.int64), kind="stable")[:64])
+    sub = g.counts.tocsr()[hot][:, hot]
+    assert sub.nnz >= 0.9 * 64 * 63  # nearly every pair among the hottest neurons co-fires and is stored
+    res = run(app, ["solve", str(tmp_path / "s"), "--solver", "local-search", "--param", "kicks=200",
+                    "--out", str(tmp_path / "lay"), "--json"])
+    assert res.exit_code == 0, res.output
+    assert load_layout(tmp_path / "lay" / "local-search.safetensors").params["kicks"] == 200
+    res = run(app, ["solve", str(tmp_path / "s"), "--solver", "local-search", "--param", "nosuch=1",
+                    "--out", str(tmp_path / "bad")])
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert res.exit_code == 2 and len(lines) == 1 and "nosuch" in lines[0], res.output

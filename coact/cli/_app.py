@@ -98,6 +98,18 @@ def parse_pairs(items: list[str], what: str) -> dict[str, str]:
     for it in items:
         name, sep, path = it.partition("=")
         if not sep or not name or not path:
-            raise CoactError(f"{what} must be NAME=PATH, got {it!r}")
+            raise CoactError(f"{what} must be NAME=VALUE, got {it!r}")
         out[name] = path
+    return out
+
+
+def parse_params(items: list[str]) -> dict[str, Any]:
+    """``["kicks=30000", "span=8"]`` -> {"kicks": 30000, "span": 8}: each value read as JSON (numbers, true/false,
+    null), else kept as text; the solver registry then rejects unknown names and bad types."""
+    out: dict[str, Any] = {}
+    for key, text in parse_pairs(items, "--param").items():
+        try:
+            out[key] = json.loads(text)
+        except ValueError:
+            out[key] = text
     return out

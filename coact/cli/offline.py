@@ -12,7 +12,7 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from coact.cli._app import command, emit_json, logger, out_console
+from coact.cli._app import command, emit_json, logger, out_console, parse_params
 from coact.cli.online import PIPELINE_HELP, PROFILE_HELP, flash_options, flash_perplexity_cmd
 from coact.cli.render import render_pipelines
 from coact.compare import run_compare
@@ -158,7 +158,9 @@ def stats(
     top_k: int = typer.Option(DEFAULT_TOP_K, "--top-k", help="Partners kept per neuron and score (candidate graph)."),
     candidates: str = typer.Option(DEFAULT_CANDIDATES, "--candidates",
                                    help=f"How each neuron ranks its partners: {', '.join(CANDIDATE_SCORES)}, or "
-                                        "several joined by '+' (the union of each one's top-k). Counts stay exact."),
+                                        "several joined by '+' (the union of each one's top-k); add '+clique<H>' to keep every pair "
+                                        "among the H most frequent neurons (e.g. jaccard+lift+clique1000: when a "
+                                        "few percent of neurons fire in most tokens). Counts stay exact."),
     dense: bool = typer.Option(False, "--dense", help="Keep every pair (dense counts; only if they fit in memory)."),
     executor: Optional[str] = typer.Option(None, help="Where layer jobs run: local, local:N, ray, ray:ADDRESS."),
     json_out: bool = typer.Option(False, "--json"),
@@ -196,6 +198,8 @@ def solve(
                                                     "or 'auto' (chosen by mean run length on --validation)."),
     validation: Optional[Path] = typer.Option(None, help="For --shrink auto: a trace of profiling-kind tokens the "
                                                          "statistics did not count (never the evaluation text)."),
+    param: List[str] = typer.Option([], "--param", help="KEY=VALUE solver parameter (repeat), given to every "
+                                                        "--solver, e.g. --param kicks=30000 for local-search."),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
     """Solve placements; writes OUT/{solver}.safetensors for each solver.
@@ -212,8 +216,11 @@ def solve(
         return
     if stats_dir is None:
         raise CoactError("give a statistics folder (coact stats ... --out DIR)")
+    params = parse_params(param)
     for s in solver:
-        get_solver(s)  # unknown names fail before any work
+        get_solver(s, **params)  # unknown names and parameters fail before any work
+    if params and shrink is not None:
+        raise CoactError("--param cannot be combined with --shrink")
     st = CoactStats.load(require(stats_dir, "statistics"))
     if shrink is not None:
         res, alpha, _ = solve_shrunk(st, solver, out, shrink=shrink, validation=validation, seed=seed,
@@ -221,7 +228,7 @@ def solve(
         logger(json_out)(f"shrinkage strength {alpha:g} (toward the product of marginals)")
     else:
         res = solve_layouts(st, solver, out, seed=seed, time_limit=time_limit, progress=not json_out,
-                            executor=executor)
+                            executor=executor, params=params)
     rows = [{"solver": s, "layout": str(out / f"{s}.safetensors"), "objective": layout_objective(lay, st),
              "solve_seconds": float(sum(r.seconds))} for s, (lay, r) in res.items()]
     if shrink is not None:
