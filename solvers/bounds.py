@@ -272,6 +272,21 @@ class LPResult:
     duals: np.ndarray | None = None
 
 
+def _in_components(parts: list[tuple[np.ndarray, np.ndarray]], u: np.ndarray,
+                   v: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """For each partition ``(lab, row)`` (component label per node, constraint index per label or -1): the positions
+    of the edges (u, v) with both ends in one component that has a constraint, and that constraint's index. Shared by
+    the subtour cuts and the blossom handles."""
+    es, rs = [], []
+    for lab, row in parts:
+        lu = lab[u]
+        r = np.where(lab[v] == lu, row[lu], -1)
+        hit = np.flatnonzero(r >= 0)
+        es.append(hit)
+        rs.append(r[hit])
+    return es, rs
+
+
 class _Cuts:
     """Subtour cuts, stored as the partitions they came from: each separation yields disjoint components, so a cut
     is (partition p, component c) and "edge e lies inside cut" is ``lab_p[u] == lab_p[v]`` with ``row_p[lab_p[u]]``
@@ -306,13 +321,7 @@ class _Cuts:
 
     def membership(self, u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(edge positions, cut indices) for every (edge, cut containing it)."""
-        es, rs = [], []
-        for lab, row in self.parts:
-            lu = lab[u]
-            r = np.where(lab[v] == lu, row[lu], -1)
-            hit = np.flatnonzero(r >= 0)
-            es.append(hit)
-            rs.append(r[hit])
+        es, rs = _in_components(self.parts, u, v)
         if not es:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
         return np.concatenate(es), np.concatenate(rs)
@@ -352,13 +361,7 @@ class _Blossoms:
 
     def membership(self, u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(edge positions, blossom indices) for every (edge, blossom whose handle or teeth contain it)."""
-        es, rs = [], []
-        for lab, row in self.parts:
-            lu = lab[u]
-            r = np.where(lab[v] == lu, row[lu], -1)
-            hit = np.flatnonzero(r >= 0)
-            es.append(hit)
-            rs.append(r[hit])
+        es, rs = _in_components(self.parts, u, v)
         if self.tooth_key.size:
             key = np.minimum(u, v) * self.n + np.maximum(u, v)
             lo = np.searchsorted(self.tooth_key, key, side="left")
